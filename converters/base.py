@@ -1,0 +1,156 @@
+"""What every converter shares: the precision vocabulary, the `Converter` contract, the registry and
+atomic artifact writing.
+
+A converter module defines a `Converter` subclass and decorates it with `@register_converter`; the CLI's
+`--to` choices and the test matrices come from this registry.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+# One vocabulary for every format. "int8" means the model family's own int8 recipe (`ModelSpec.int8_scheme`:
+# static, calibrated activations, for the vision families; dynamic, linear layers, for the BERT family).
+PRECISIONS = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights (and activations where the runtime computes in fp16)",
+    "int8": "the family's int8 recipe: int8-static for vision models, int8-dynamic for the BERT family",
+    "int8-static": "int8 weights and activations, activation ranges calibrated on real sample inputs",
+    "int8-dynamic": "int8 weights; activations quantized per run from their observed range (linear layers)",
+    "int4-weight": "4-bit weights, float activations",
+}
+
+
+class ConversionError(RuntimeError):
+    """The toolchain could not turn the model into the artifact (an op it cannot lower, a crash)."""
+
+
+class UnsupportedError(ValueError):
+    """The converter cannot do what was asked (format/precision/model combination, missing toolchain)."""
+
+
+class UnknownFormatName(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def resolve_precision(spec, precision: str | None) -> str:
+    """The concrete precision: the spec's default when None, and `int8` made explicit for the family."""
+    precision = precision or spec.default_precision
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        return f"int8-{spec.int8_scheme}"
+    return precision
+
+
+@dataclass
+class Conversion:
+    """What a converter hands back: the artifact, the PyTorch module it must match, and details for the report.
+
+    `reference` is the module the artifact is verified against: the fp32 model for float exports, the
+    quantized PyTorch model (simulated quantization) for int8 exports.
+    """
+
+    path: Path
+    reference: Any
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Converter:
+    """Contract of one export format."""
+
+    format: str = ""          # the name used by --to
+    suffix: str = ""          # the artifact's suffix (a folder for package formats)
+    description: str = ""
+    precisions: tuple[str, ...] = ()  # resolved precisions (see resolve_precision)
+    extra: str = ""           # the pip extra that installs this format's toolchain
+    required_modules: tuple[str, ...] = ()
+    # Format-specific command-line options: (flag, argparse kwargs). The CLI adds them to `export` in a
+    # group named after the format and passes their values to `convert` as keyword arguments (dest names).
+    # A flag declared by two formats must mean the same thing in both.
+    cli_options: tuple[tuple[str, dict], ...] = ()
+
+    def artifact_name(self, **options) -> str:
+        """File (or folder) name of the artifact inside `out/<model>/<precision>/`."""
+        return f"model{self.suffix}"
+
+    def verify_reason(self, **options) -> str | None:
+        """None when the artifact can be run on this host for numerical parity, else why not
+        (the pipeline then records the reason instead of parity figures, and never claims parity)."""
+        return None
+
+    def missing_toolchain(self) -> str | None:
+        import importlib.util
+
+        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed (pip install 'pocketformer[{self.extra}]')"
+        return None
+
+    def unsupported_reason(self, spec, precision: str) -> str | None:
+        """None when this converter can export `spec` at the resolved `precision`, else why not."""
+        if precision not in self.precisions:
+            return f"{self.format} does not support precision {precision} (supports: {', '.join(self.precisions)})"
+        return self.missing_toolchain()
+
+    def convert(self, module, spec, precision: str, calibration: list[dict], path: Path,
+                **options) -> Conversion:
+        """Write the artifact to `path` (a temporary path; the pipeline moves it into place once verified).
+
+        `calibration` holds the spec's real sample feeds (numpy, batch 1). Unknown `options` are ignored
+        (the CLI passes every format's options). Raise `ConversionError` naming the op that cannot be lowered.
+        """
+        raise NotImplementedError
+
+
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(cls: type[Converter]) -> type[Converter]:
+    if cls.format in _CONVERTERS:
+        raise ValueError(f"converter {cls.format!r} registered twice")
+    _CONVERTERS[cls.format] = cls()
+    return cls
+
+
+def list_converters() -> list[str]:
+    return sorted(_CONVERTERS)
+
+
+def get_converter(fmt: str) -> Converter:
+    if fmt not in _CONVERTERS:
+        raise UnknownFormatName(f"unknown format {fmt!r}; formats: {', '.join(list_converters())}")
+    return _CONVERTERS[fmt]
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; move it into place only if the block succeeds.
+
+    On an exception or Ctrl-C the temporary file (or folder) is removed, so `final` is either the old
+    artifact or the complete new one, never a half-written file.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = tmp_dir / final.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise ConversionError(f"the converter wrote nothing for {final}")
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

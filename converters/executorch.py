@@ -1,0 +1,117 @@
+"""ExecuTorch `.pte`: `torch.export` -> (PT2E int8) -> XNNPACK-lowered program.
+
+fp32 lowers the exported program to XNNPACK. int8 quantizes first with the XNNPACK PT2E quantizer: static
+per-channel with activations calibrated on the real sample inputs (vision), or dynamic per-channel linear
+layers (BERT family). Before lowering, `converters.rewrites` replaces LayerNorm and attention with
+equivalent ops that XNNPACK takes, so the graph is not cut into dozens of partitions.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+
+from converters.base import Conversion, ConversionError, Converter, register_converter, write_bytes_atomic
+from converters import rewrites
+
+META_METHOD = "pocketformer_meta"  # read back by device_runtime.backends.executorch
+
+
+def _dynamic_quantizer():
+    """XNNPACK's quantizer, minus its annotation transform.
+
+    The stock `transform_for_annotation` turns scalars into float tensors, including the `arange + 0` index
+    of transformers' mask code, and export then fails ("tensors used as indices must be long"). Dynamic
+    linear-only quantization needs none of that transform.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    class LinearDynamicQuantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):
+            return model
+
+    return LinearDynamicQuantizer
+
+
+def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple]):
+    """The quantized PyTorch model (simulated quantization): the reference the int8 artifact must match."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                          get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    dynamic = precision == "int8-dynamic"
+    quantizer_cls = _dynamic_quantizer() if dynamic else XNNPACKQuantizer
+    quantizer = quantizer_cls().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    graph = torch.export.export(module, args).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for sample in calibration:
+            prepared(*sample)
+    return convert_pt2e(prepared)
+
+
+def delegation_summary(edge_program) -> dict:
+    """How much of the graph XNNPACK took: partitions, delegated ops, and the ops left to portable kernels."""
+    from executorch.exir.backend.utils import get_delegates, get_non_lowered_nodes
+
+    graph_module = edge_program.graph_module
+    delegates = get_delegates(graph_module.graph)
+    delegated = Counter()
+    for node in delegates:
+        lowered = getattr(graph_module, node.name)
+        for inner in lowered.original_module.graph.nodes:
+            if inner.op == "call_function":
+                delegated[_op_name(inner.target)] += 1
+    portable = Counter(_op_name(n.target) for n in get_non_lowered_nodes(graph_module.graph))
+    portable.pop("getitem", None)
+    return {
+        "backend": "XnnpackBackend",
+        "partitions": len(delegates),
+        "delegated_ops": sum(delegated.values()),
+        "portable_ops": sum(portable.values()),
+        "portable_op_types": dict(portable.most_common()),
+    }
+
+
+def _op_name(target) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split("::")[-1]
+
+
+@register_converter
+class ExecuTorchConverter(Converter):
+    format = "pte"
+    suffix = ".pte"
+    description = "ExecuTorch program, XNNPACK-delegated (Android, iOS, Linux)"
+    precisions = ("fp32", "int8-static", "int8-dynamic")
+    extra = "pte"
+    required_modules = ("executorch",)
+
+    def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True, **_) -> Conversion:
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        args = tuple(torch.from_numpy(calibration[0][n]) for n in spec.input_names)
+        samples = [tuple(torch.from_numpy(feed[n]) for n in spec.input_names) for feed in calibration]
+        lowered_module = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else module
+        reference = module
+        if precision.startswith("int8"):
+            lowered_module = quantize_pt2e(lowered_module, args, precision, samples)
+            reference = lowered_module
+        meta = json.dumps({"inputs": list(spec.input_names), "outputs": list(spec.output_names),
+                           "model": spec.name, "precision": precision}).encode()
+        try:
+            exported = torch.export.export(lowered_module, args)
+            edge = to_edge_transform_and_lower(
+                exported, partitioner=[XnnpackPartitioner()],
+                constant_methods={META_METHOD: torch.tensor(list(meta), dtype=torch.uint8)})
+            delegation = delegation_summary(edge.exported_program())
+            program = edge.to_executorch()
+        except Exception as exc:
+            raise ConversionError(f"ExecuTorch could not lower {spec.name} ({precision}): "
+                                  f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+        write_bytes_atomic(path, program.buffer)
+        return Conversion(path, reference, {"delegation": delegation, "rewrites": rewrite})

@@ -1,0 +1,235 @@
+"""The format-independent `Session`: input metadata, validation, hooks, timing and benchmarks.
+
+A backend subclasses `Session` and supplies `_inputs`, `_outputs` (lists of `TensorInfo`) and `_execute`
+(a list of numpy arrays in input order -> a list of numpy arrays in output order). Everything a user calls
+lives here, so it behaves the same for every format.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from device_runtime.errors import DTypeError, InputError, MissingInputError, ShapeError, UnexpectedInputError
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output. `shape` holds None where a dim may vary; `dynamic_axes` names those dims."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    quantization: QuantParams | None = None
+    dynamic_axes: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dtype"] = np.dtype(self.dtype).name
+        d["shape"] = list(self.shape)
+        return d
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        q = f" q(scale={self.quantization.scale:.4g}, zp={self.quantization.zero_point})" if self.quantization else ""
+        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]{q}"
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    unit: str
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float]) -> "LatencyStats":
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls("ms", float(p50), float(p90), float(p99), float(ms.mean()), float(ms.std()),
+                   float(ms.min()), float(ms.max()))
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    path: str
+    format: str
+    backend: str
+    num_threads: int | None
+    load_time_ms: float
+    first_run_ms: float
+    warmup: int
+    runs: int
+    latency: LatencyStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HookHandle:
+    def __init__(self, hooks: list, entry) -> None:
+        self._hooks, self._entry = hooks, entry
+
+    def remove(self) -> None:
+        if self._entry in self._hooks:
+            self._hooks.remove(self._entry)
+
+
+BeforeHook = Callable[["Session", dict], None]
+AfterHook = Callable[["Session", dict, list, float], None]
+
+
+class Session:
+    """A loaded artifact, ready to run. Created by `device_runtime.load`, not directly."""
+
+    format: str = ""
+    backend: str = ""
+
+    def __init__(self, path: str, num_threads: int | None = None) -> None:
+        self.path = str(path)
+        self.num_threads = num_threads
+        self.load_time_ms: float = float("nan")
+        self.first_run_ms: float | None = None
+        self._hooks: list[tuple[BeforeHook | None, AfterHook | None]] = []
+        self._inputs: list[TensorInfo] = []
+        self._outputs: list[TensorInfo] = []
+
+    # -- metadata --------------------------------------------------------------------------------
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self._outputs)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "backend": self.backend,
+                "num_threads": self.num_threads, "load_time_ms": self.load_time_ms,
+                "inputs": [t.to_dict() for t in self._inputs], "outputs": [t.to_dict() for t in self._outputs],
+                **self._backend_info()}
+
+    def _backend_info(self) -> dict[str, Any]:
+        return {}
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, output_names: Sequence[str] | None = None,
+            feed: Mapping[str, Any] | Sequence[Any] | None = None) -> list[np.ndarray]:
+        """Run once. `feed` maps input names to arrays (or lists them in input order);
+        `output_names=None` returns every output, in the model's order."""
+        arrays = self._validate(feed)
+        named = {t.name: a for t, a in zip(self._inputs, arrays)}
+        for before, _ in list(self._hooks):
+            if before:
+                before(self, named)
+        start = time.perf_counter()
+        outputs = self._execute(arrays)
+        elapsed = time.perf_counter() - start
+        if self.first_run_ms is None:
+            self.first_run_ms = elapsed * 1e3
+        for _, after in list(self._hooks):
+            if after:
+                after(self, named, outputs, elapsed)
+        return self._select(outputs, output_names)
+
+    def __call__(self, *arrays: Any, **named: Any) -> list[np.ndarray]:
+        """Positional or keyword convenience: `session(x)` or `session(input_ids=..., attention_mask=...)`."""
+        if arrays and named:
+            raise InputError("pass inputs either positionally or by name, not both")
+        return self.run(None, named if named else list(arrays))
+
+    def add_hook(self, before: BeforeHook | None = None, after: AfterHook | None = None) -> HookHandle:
+        """Callbacks around every run: `before(session, feed)`, `after(session, feed, outputs, seconds)`."""
+        entry = (before, after)
+        self._hooks.append(entry)
+        return HookHandle(self._hooks, entry)
+
+    def example_feed(self) -> dict[str, np.ndarray]:
+        """A valid feed of the model's shapes: zeros for floats, ones for integers (token id 1, mask 1)."""
+        feed = {}
+        for t in self._inputs:
+            shape = tuple(1 if d is None else d for d in t.shape)
+            fill = 0 if np.issubdtype(t.dtype, np.floating) else 1
+            feed[t.name] = np.full(shape, fill, dtype=t.dtype)
+        return feed
+
+    def benchmark(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, warmup: int = 5,
+                  runs: int = 50, progress: Callable[[int, int], None] | None = None) -> BenchmarkResult:
+        """Load time, first (cold) run and steady-state latency percentiles, in milliseconds."""
+        if runs < 1 or warmup < 0:
+            raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+        arrays = self._validate(feed if feed is not None else self.example_feed())
+        if self.first_run_ms is None:
+            self.run(None, arrays)
+        for _ in range(warmup):
+            self._execute(arrays)
+        samples = []
+        for i in range(runs):
+            start = time.perf_counter()
+            self._execute(arrays)
+            samples.append(time.perf_counter() - start)
+            if progress:
+                progress(i + 1, runs)
+        return BenchmarkResult(self.path, self.format, self.backend, self.num_threads, self.load_time_ms,
+                               float(self.first_run_ms), warmup, runs, LatencyStats.from_seconds(samples))
+
+    # -- backend contract ------------------------------------------------------------------------
+    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _validate(self, feed: Mapping[str, Any] | Sequence[Any] | None) -> list[np.ndarray]:
+        expected = [t.name for t in self._inputs]
+        if feed is None:
+            raise MissingInputError(f"no feed given; the model expects {self._signature()}")
+        if isinstance(feed, Mapping):
+            missing = [n for n in expected if n not in feed]
+            extra = [n for n in feed if n not in expected]
+            if missing:
+                raise MissingInputError(f"missing input(s) {missing}; the model expects {self._signature()}")
+            if extra:
+                raise UnexpectedInputError(f"unexpected input(s) {extra}; the model expects {self._signature()}")
+            values = [feed[n] for n in expected]
+        else:
+            values = list(feed)
+            if len(values) != len(expected):
+                raise (MissingInputError if len(values) < len(expected) else UnexpectedInputError)(
+                    f"got {len(values)} input(s), the model expects {len(expected)}: {self._signature()}")
+        arrays = []
+        for info, value in zip(self._inputs, values):
+            arr = np.asarray(value)
+            if arr.dtype != info.dtype:
+                raise DTypeError(f"input {info.name!r} has dtype {arr.dtype.name}, the model expects "
+                                 f"{np.dtype(info.dtype).name} (cast with .astype(np.{np.dtype(info.dtype).name}))")
+            if len(arr.shape) != len(info.shape) or any(
+                    want is not None and got != want for got, want in zip(arr.shape, info.shape)):
+                raise ShapeError(f"input {info.name!r} has shape {list(arr.shape)}, the model expects "
+                                 f"{['?' if d is None else d for d in info.shape]}")
+            arrays.append(np.ascontiguousarray(arr))
+        return arrays
+
+    def _select(self, outputs: list[np.ndarray], output_names: Sequence[str] | None) -> list[np.ndarray]:
+        if output_names is None:
+            return outputs
+        index = {t.name: i for i, t in enumerate(self._outputs)}
+        unknown = [n for n in output_names if n not in index]
+        if unknown:
+            raise InputError(f"unknown output name(s) {unknown}; outputs are {list(index)}")
+        return [outputs[index[n]] for n in output_names]
+
+    def _signature(self) -> str:
+        return ", ".join(t.describe() for t in self._inputs)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.format}/{self.backend} {self.path}>"

@@ -1,0 +1,76 @@
+"""Safe loading of local checkpoints: safetensors, or `torch.load(weights_only=True)`; never pickled code.
+
+Accepts a file or a Hugging Face / timm folder (model.safetensors, pytorch_model.bin, ...). Keys are matched
+as saved, or with a wrapper prefix added or removed (a BertModel checkpoint into our classifier wrapper).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from models_zoo.spec import ModelSpec, WeightsError
+
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pt")
+CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
+
+
+def read_state_dict(path: str | Path) -> dict:
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        found = [path / f for f in FOLDER_FILES if (path / f).exists()]
+        if not found:
+            raise WeightsError(f"no checkpoint in folder {path}: expected one of {', '.join(FOLDER_FILES)}")
+        path = found[0]
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        raise WeightsError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    for key in CONTAINER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def _best_key_mapping(state: dict, model_keys: set[str]) -> dict:
+    """Try the keys as saved, with a module prefix stripped, or with one of the model's prefixes added."""
+    prefixes = {k.split(".", 1)[0] + "." for k in model_keys} | {k.rsplit(".", 2)[0] + "." for k in model_keys}
+    candidates = [state]
+    for p in {k.split(".", 1)[0] + "." for k in state}:
+        candidates.append({k[len(p):]: v for k, v in state.items() if k.startswith(p)})
+    for prefix in sorted(prefixes):
+        candidates.append({prefix + k: v for k, v in state.items()})
+    return max(candidates, key=lambda c: len(model_keys & set(c)))
+
+
+def load_into(module, path: str | Path, spec: ModelSpec) -> dict:
+    """Load a checkpoint into `module`; shape mismatches and missing backbone weights are errors."""
+    state = read_state_dict(path)
+    model_state = module.state_dict()
+    state = _best_key_mapping(state, set(model_state))
+    matched = set(state) & set(model_state)
+    if not matched:
+        raise WeightsError(f"{path} shares no parameter names with {spec.name}; is it a {spec.family} checkpoint?")
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
+             for k in sorted(matched) if state[k].shape != model_state[k].shape]
+    if wrong:
+        raise WeightsError(f"{path} does not fit {spec.name} ({len(wrong)} shape mismatches), e.g. " + "; ".join(wrong[:3]))
+    missing = sorted(set(model_state) - matched)
+    # Task heads may be absent from a backbone checkpoint; everything else must be there.
+    head_words = ("classifier", "head", "pooler")
+    backbone_missing = [k for k in missing if not any(w in k for w in head_words)
+                        and not k.endswith(("num_batches_tracked", "position_ids", "attention_bias_idxs"))]
+    if backbone_missing:
+        raise WeightsError(f"{path} lacks {len(backbone_missing)} weights of {spec.name}, e.g. {backbone_missing[:3]}")
+    module.load_state_dict({k: state[k] for k in matched}, strict=False)
+    return {"path": str(path), "loaded": len(matched), "randomly_initialised": missing}

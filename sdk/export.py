@@ -1,0 +1,147 @@
+"""The export pipeline: build -> reference -> convert -> verify on the host -> report.
+
+Every artifact is verified before it is put in place: it is written to a temporary path, run with the
+device runtime on the real sample inputs and compared with PyTorch; only an artifact that meets the
+model's tolerance is moved to `out/<model>/<precision>/model<suffix>`. A failed one leaves its figures in
+report.json and raises `ParityError`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from converters import atomic_path, get_converter, resolve_precision
+from converters.base import UnsupportedError
+from models_zoo import ModelSpec, get_model
+from sdk import verify
+from sdk.progress import Progress
+from sdk.report import record_artifact, tool_versions
+
+
+@dataclass
+class ExportResult:
+    model: str
+    format: str
+    precision: str
+    path: Path
+    report_path: Path
+    passed: bool | None  # None: parity could not be run on this host (see parity["skipped"])
+    size_bytes: int
+    parity: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.passed is None:
+            return (f"{self.model} → {self.path} [{self.format} {self.precision}] {self.size_bytes / 1e6:.2f} MB, "
+                    f"parity NOT run: {self.parity['skipped']}")
+        low = self.parity["lowering"]
+        line = (f"{self.model} → {self.path} [{self.format} {self.precision}] {self.size_bytes / 1e6:.2f} MB, "
+                f"max abs err {low['max_abs_err']:.2g}")
+        quant = self.parity.get("quantization")
+        if quant:
+            line += f", SQNR vs fp32 {quant['sqnr_db']:.1f} dB"
+        return line
+
+
+def _spec(model: str | ModelSpec, tiny: bool, seq_len: int | None) -> ModelSpec:
+    spec = model if isinstance(model, ModelSpec) else get_model(model, tiny=tiny)
+    if tiny and not spec.is_tiny:
+        spec = spec.tiny()
+    if seq_len is not None:
+        if not hasattr(spec, "with_seq_len"):
+            raise ValueError(f"{spec.name} has no sequence length to set")
+        spec = spec.with_seq_len(seq_len)
+    return spec
+
+
+def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), precision: str | None = None,
+           out_dir: str | Path = "out", weights: str | Path | None = None, *, tiny: bool = False,
+           seq_len: int | None = None, progress: Progress | None = None, **options) -> list[ExportResult]:
+    """Export a zoo model to each format, verify each artifact against PyTorch, and report.
+
+    `options` go to the converters (e.g. `rewrite=False` for ExecuTorch). Raises `ParityError` after
+    recording the figures when an artifact misses the model's tolerance.
+    """
+    progress = progress or Progress(enabled=False)
+    spec = _spec(model, tiny, seq_len)
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    resolved = resolve_precision(spec, precision)
+    converters = [get_converter(f) for f in formats]
+    for converter in converters:  # refuse before any slow work
+        reason = converter.unsupported_reason(spec, resolved)
+        if reason:
+            raise UnsupportedError(f"cannot export {spec.name} to {converter.format} at {resolved}: {reason}")
+
+    with progress.step(f"build {spec.name} ({'random weights' if weights is None else weights})"):
+        module = spec.build(weights=str(weights) if weights else None)
+        feeds = spec.sample_inputs()
+        fp32_outputs = verify.torch_outputs(module, spec.input_names, feeds)
+        verify.check_spread(fp32_outputs, f"{spec.name} (PyTorch fp32)")
+
+    folder = Path(out_dir) / spec.name / (precision or spec.default_precision)
+    results = []
+    for converter in converters:
+        results.append(_export_one(converter, spec, module, feeds, fp32_outputs, resolved, folder, progress,
+                                   options))
+    return results
+
+
+def _export_one(converter, spec, module, feeds, fp32_outputs, precision, folder, progress, options) -> ExportResult:
+    import device_runtime
+
+    final = folder / converter.artifact_name(**options)
+    label = f"{spec.name} → {converter.format} {precision}"
+    timings = {}
+    model_section = {**spec.describe(), "labels": spec.labels()}
+    with atomic_path(final) as tmp:
+        start = time.perf_counter()
+        with progress.step(f"convert {label}"):
+            conversion = converter.convert(module, spec, precision, feeds, tmp, **options)
+        timings["export_s"] = time.perf_counter() - start
+        size = _size(tmp)
+        entry = {"file": final.name, "format": converter.format, "precision": precision, "size_bytes": size,
+                 "timings": timings, "details": conversion.details, "weights": module.pocketformer_weights,
+                 "tools": tool_versions()}
+
+        not_verifiable = converter.verify_reason(**options)
+        if not_verifiable:
+            progress.note(f"  ! {label}: numerical parity not run here: {not_verifiable}")
+            parity = {"passed": None, "skipped": not_verifiable}
+            report_path = record_artifact(folder, model_section, {**entry, "parity": parity})
+            return ExportResult(spec.name, converter.format, precision, final, report_path, None, size, parity,
+                                conversion.details)
+
+        start = time.perf_counter()
+        with progress.step(f"verify {label} on {len(feeds)} real samples"):
+            session = device_runtime.load(tmp)
+            artifact_outputs = [session.run(None, feed) for feed in feeds]
+            reference_outputs = (fp32_outputs if conversion.reference is module else
+                                 verify.torch_outputs(conversion.reference, spec.input_names, feeds))
+            verify.check_spread(reference_outputs, f"{spec.name} ({precision} PyTorch reference)")
+            classifier = spec.task.endswith("classification")
+            lowering = verify.compare(reference_outputs, artifact_outputs, classifier)
+            quantization = (verify.compare(fp32_outputs, artifact_outputs, classifier)
+                            if precision != "fp32" else None)
+            tolerance = spec.tolerance(precision)
+            failures = verify.judge(lowering, quantization, tolerance)
+        timings["verify_s"] = time.perf_counter() - start
+
+        parity = {"passed": not failures, "failures": failures, "tolerance": vars(tolerance),
+                  "lowering": lowering, "quantization": quantization,
+                  "reference": "fp32 PyTorch" if conversion.reference is module else f"{precision} PyTorch (simulated)"}
+        report_path = record_artifact(folder, model_section,
+                                      {**entry, "parity": parity, "runtime": {"backend": session.backend}})
+        if failures:
+            raise verify.ParityError(f"{label} failed verification: " + "; ".join(failures) +
+                                     f" (figures in {report_path})")
+    return ExportResult(spec.name, converter.format, precision, final, report_path, True, size, parity,
+                        conversion.details)
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
