@@ -25,14 +25,16 @@ for _module in pkgutil.iter_modules(_backends_pkg.__path__):
 
 
 def load(path: str | os.PathLike, backend: str | None = None, num_threads: int | None = None,
-         **options) -> Session:
+         adapt_io: bool = False, **options) -> Session:
     """Open an artifact. The format comes from the file's bytes; `backend` picks among that format's
-    runtimes (default: the first installed, in precedence order, reported in `session.info`)."""
+    runtimes (default: the first installed, in precedence order, reported in `session.info`).
+    `adapt_io=True` casts/quantizes feeds to what the artifact expects (see `Session.adapt_io`)."""
     fmt = sniff_format(path)
     chosen = choose_backend(fmt, backend)
     start = time.perf_counter()
     session = chosen.open(str(path), num_threads=num_threads, **options)
     session.load_time_ms = (time.perf_counter() - start) * 1e3
+    session.adapt_io = adapt_io
     return session
 
 

@@ -102,6 +102,10 @@ class Session:
         self.num_threads = num_threads
         self.load_time_ms: float = float("nan")
         self.first_run_ms: float | None = None
+        # When True, feeds are adapted to what the artifact expects (integers cast losslessly, e.g. int64 ids
+        # to a TFLite model's int32; floats quantized with an int8 input's own scale and zero point) and
+        # quantized outputs are dequantized. Off by default: a mismatch is an error that says what is expected.
+        self.adapt_io = False
         self._hooks: list[tuple[BeforeHook | None, AfterHook | None]] = []
         self._inputs: list[TensorInfo] = []
         self._outputs: list[TensorInfo] = []
@@ -136,6 +140,8 @@ class Session:
         start = time.perf_counter()
         outputs = self._execute(arrays)
         elapsed = time.perf_counter() - start
+        if self.adapt_io:
+            outputs = [_dequantize(o, t) for o, t in zip(outputs, self._outputs)]
         if self.first_run_ms is None:
             self.first_run_ms = elapsed * 1e3
         for _, after in list(self._hooks):
@@ -209,9 +215,14 @@ class Session:
         arrays = []
         for info, value in zip(self._inputs, values):
             arr = np.asarray(value)
+            if self.adapt_io:
+                arr = _adapt(arr, info)
             if arr.dtype != info.dtype:
-                raise DTypeError(f"input {info.name!r} has dtype {arr.dtype.name}, the model expects "
-                                 f"{np.dtype(info.dtype).name} (cast with .astype(np.{np.dtype(info.dtype).name}))")
+                hint = (f"quantize with scale {info.quantization.scale:.6g} and zero point {info.quantization.zero_point},"
+                    " or load with adapt_io=True" if info.quantization else
+                    f"cast with .astype(np.{np.dtype(info.dtype).name}), or load with adapt_io=True")
+            raise DTypeError(f"input {info.name!r} has dtype {arr.dtype.name}, the model expects "
+                             f"{np.dtype(info.dtype).name} ({hint})")
             if len(arr.shape) != len(info.shape) or any(
                     want is not None and got != want for got, want in zip(arr.shape, info.shape)):
                 raise ShapeError(f"input {info.name!r} has shape {list(arr.shape)}, the model expects "
@@ -233,3 +244,28 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format}/{self.backend} {self.path}>"
+
+
+def _adapt(arr: np.ndarray, info: TensorInfo) -> np.ndarray:
+    want = np.dtype(info.dtype)
+    if arr.dtype == want:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.integer) and info.quantization:
+        q = info.quantization
+        bounds = np.iinfo(want)
+        return np.clip(np.round(arr / q.scale) + q.zero_point, bounds.min, bounds.max).astype(want)
+    if np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer):
+        bounds = np.iinfo(want)
+        if arr.size and (arr.min() < bounds.min or arr.max() > bounds.max):
+            raise DTypeError(f"input {info.name!r}: values do not fit {want.name}")
+        return arr.astype(want)
+    if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating):
+        return arr.astype(want)
+    return arr
+
+
+def _dequantize(out: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.quantization and np.issubdtype(out.dtype, np.integer):
+        q = info.quantization
+        return ((out.astype(np.float32) - q.zero_point) * q.scale).astype(np.float32)
+    return out

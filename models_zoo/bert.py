@@ -34,7 +34,6 @@ TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, i
 
 @dataclass(frozen=True)
 class BertSpec(ModelSpec):
-    family: str = "bert"
     task: str = "text-classification"
     output_names: tuple[str, ...] = ("logits",)
     tolerances: dict = field(default_factory=lambda: dict(BERT_TOLERANCES))
@@ -104,23 +103,23 @@ def _LogitsOnly(model):
     return LogitsOnly(model)
 
 
-def _bert(name: str, **config) -> BertSpec:
-    return BertSpec(name=name, config=config, tiny_overrides={"config": TINY_CONFIG, "seq_len": 32})
+def _bert(name: str, family: str, **config) -> BertSpec:
+    return BertSpec(name=name, family=family, config=config, tiny_overrides={"config": TINY_CONFIG, "seq_len": 32})
 
 
 @register_model
 def tinybert_4l_312d(name):
-    return _bert(name, hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200)
+    return _bert(name, "tinybert", hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200)
 
 
 @register_model
 def tinybert_6l_768d(name):
-    return _bert(name, hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072)
+    return _bert(name, "tinybert", hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072)
 
 
 @register_model
 def q8bert(name):
-    spec = _bert(name, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    spec = _bert(name, "q8bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     from dataclasses import replace
 
     return replace(spec, default_precision="int8")

@@ -13,6 +13,7 @@ TINY_ARGS = dict(depths=(1, 1, 1, 1), embed_dims=(16, 24, 32, 48), num_vit=1)
 
 @dataclass(frozen=True)
 class EfficientFormerSpec(TimmVisionSpec):
+    family: str = "efficientformer"
     image_size: int = 224
 
     def _build(self):

@@ -26,6 +26,7 @@ def _tiny_cfg():
 
 @dataclass(frozen=True)
 class MobileViTSpec(TimmVisionSpec):
+    family: str = "mobilevit"
     image_size: int = 256
 
     def _build(self):

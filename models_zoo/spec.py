@@ -54,7 +54,7 @@ class ModelSpec:
     """Base of every family's spec. Subclasses implement `_build`, `input_specs`, `_sample_feeds`."""
 
     name: str
-    family: str
+    family: str  # the paper's model family: mobilevit, efficientformer, tinybert, q8bert, ...
     task: str
     output_names: tuple[str, ...]
     tolerances: dict[str, Tolerance]

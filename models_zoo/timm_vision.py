@@ -22,7 +22,6 @@ VISION_TOLERANCES = {
 
 @dataclass(frozen=True)
 class TimmVisionSpec(ModelSpec):
-    family: str = "vision"
     task: str = "image-classification"
     output_names: tuple[str, ...] = ("logits",)
     tolerances: dict = field(default_factory=lambda: dict(VISION_TOLERANCES))

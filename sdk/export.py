@@ -115,7 +115,7 @@ def _export_one(converter, spec, module, feeds, fp32_outputs, precision, folder,
 
         start = time.perf_counter()
         with progress.step(f"verify {label} on {len(feeds)} real samples"):
-            session = device_runtime.load(tmp)
+            session = device_runtime.load(tmp, adapt_io=True)
             artifact_outputs = [session.run(None, feed) for feed in feeds]
             reference_outputs = (fp32_outputs if conversion.reference is module else
                                  verify.torch_outputs(conversion.reference, spec.input_names, feeds))

@@ -1,0 +1,31 @@
+"""Shared test fixtures. Tests run on the tiny variants of the real architectures; the matrices come from
+the registries (`list_models()`, `list_converters()`), never from lists typed here."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from models_zoo import get_model, list_models
+
+
+def family_representatives() -> list[str]:
+    """One registered model per family (its first variant): for format tests that need every family once."""
+    seen: dict[str, str] = {}
+    for name in list_models():
+        seen.setdefault(get_model(name).family, name)
+    return sorted(seen.values())
+
+
+@pytest.fixture(scope="session")
+def export_tiny(tmp_path_factory):
+    """`export_tiny(model, fmt, precision, **options)` -> ExportResult, exported once per test session."""
+    from sdk.export import export
+
+    root = tmp_path_factory.mktemp("exports")
+
+    @functools.lru_cache(maxsize=None)
+    def run(model: str, fmt: str, precision: str | None = None, **options):
+        return export(model, fmt, precision, out_dir=root / fmt, tiny=True, **options)[0]
+
+    return run
