@@ -218,11 +218,11 @@ class Session:
             if self.adapt_io:
                 arr = _adapt(arr, info)
             if arr.dtype != info.dtype:
-                hint = (f"quantize with scale {info.quantization.scale:.6g} and zero point {info.quantization.zero_point},"
-                    " or load with adapt_io=True" if info.quantization else
-                    f"cast with .astype(np.{np.dtype(info.dtype).name}), or load with adapt_io=True")
-            raise DTypeError(f"input {info.name!r} has dtype {arr.dtype.name}, the model expects "
-                             f"{np.dtype(info.dtype).name} ({hint})")
+                hint = (f"quantize with scale {info.quantization.scale:.6g} and zero point "
+                        f"{info.quantization.zero_point}, or load with adapt_io=True" if info.quantization else
+                        f"cast with .astype(np.{np.dtype(info.dtype).name}), or load with adapt_io=True")
+                raise DTypeError(f"input {info.name!r} has dtype {arr.dtype.name}, the model expects "
+                                 f"{np.dtype(info.dtype).name} ({hint})")
             if len(arr.shape) != len(info.shape) or any(
                     want is not None and got != want for got, want in zip(arr.shape, info.shape)):
                 raise ShapeError(f"input {info.name!r} has shape {list(arr.shape)}, the model expects "
