@@ -42,15 +42,26 @@ def read_state_dict(path: str | Path) -> dict:
     return state
 
 
+def _prefixes(keys, depth: int) -> set[str]:
+    """"" and every dotted prefix of up to `depth` components found in `keys`."""
+    found = {""}
+    for key in keys:
+        parts = key.split(".")[:-1]
+        found.update(".".join(parts[:n]) + "." for n in range(1, min(depth, len(parts)) + 1))
+    return found
+
+
 def _best_key_mapping(state: dict, model_keys: set[str]) -> dict:
-    """Try the keys as saved, with a module prefix stripped, or with one of the model's prefixes added."""
-    prefixes = {k.split(".", 1)[0] + "." for k in model_keys} | {k.rsplit(".", 2)[0] + "." for k in model_keys}
-    candidates = [state]
-    for p in {k.split(".", 1)[0] + "." for k in state}:
-        candidates.append({k[len(p):]: v for k, v in state.items() if k.startswith(p)})
-    for prefix in sorted(prefixes):
-        candidates.append({prefix + k: v for k, v in state.items()})
-    return max(candidates, key=lambda c: len(model_keys & set(c)))
+    """Keys as saved, or with a wrapper prefix stripped and/or another added (e.g. "bert." -> "model.bert."),
+    whichever matches the most of the model's parameters."""
+    best, best_count = state, len(model_keys & set(state))
+    for strip in _prefixes(state, 2):
+        stripped = {k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+        for add in _prefixes(model_keys, 3):
+            count = sum(1 for k in stripped if add + k in model_keys)
+            if count > best_count:
+                best, best_count = {add + k: v for k, v in stripped.items()}, count
+    return best
 
 
 def load_into(module, path: str | Path, spec: ModelSpec) -> dict:

@@ -1,0 +1,337 @@
+"""ONNX `.onnx`: `torch.onnx.export` -> `onnx.checker` -> (ONNX Runtime quantization) -> (ORT offline optimisation).
+
+Exporters. Opset 18 and above use the dynamo exporter (`torch.export` + onnxscript), the maintained path.
+Below 18 the dynamo exporter cannot go (its version converter fails on LayerNormalization, an opset-17 op), so
+the TorchScript exporter (`dynamo=False`) is used, with eager attention (`rewrites.eager_attention`) so the
+graph holds only basic ops (MatMul, Softmax, ...). Which exporter ran is recorded in the details.
+
+Shapes. Static by default (the spec's shapes; ORT plans memory once and folds shape arithmetic);
+`dynamic_shapes=True` keeps the spec's named dynamic axes (the BERT family's `sequence`).
+
+Precisions. fp32; fp16 (float16 weights and compute, float32 inputs/outputs kept so feeds need no cast);
+int8-dynamic (`quantize_dynamic`, int8 weights of MatMul/Gemm, activations quantized per run: the BERT family's
+recipe); int8-static (`quantize_static`, QDQ, per-channel int8 weights, activation ranges calibrated on the
+spec's real sample inputs: the vision families' recipe; `quantize_dynamic` makes conv nets 3-4x slower).
+ORT quantizes the graph itself, so there is no PyTorch model of the quantized network: `Conversion.reference`
+is the fp32 module and the pipeline's two figures (lowering, quantization) are both against fp32.
+
+ORT offline optimisation (`ort_optimize="basic"|"extended"|"all"`). The artifact is then the graph ONNX Runtime
+rewrote (constant folding, fusions into contrib ops such as `com.microsoft:FusedConv`, `Gelu`,
+`SkipLayerNormalization`), saved as its own artifact `model.ort-<level>.onnx`, which the pipeline verifies
+against PyTorch like any other. The details count the nodes before and after and which fused ops appeared, and
+give the optimised graph's agreement with the unoptimised one on the calibration feeds. "all" adds layout
+transforms (NCHWc) that tie the file to this CPU type and ORT build; "extended" is portable across ORT CPU hosts.
+Optimised graphs contain ORT-only contrib ops: give ATC, TensorRT or other runtimes the plain `model.onnx`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.base import Conversion, ConversionError, Converter, UnsupportedError, register_converter
+from converters import rewrites
+
+DEFAULT_OPSET = 18          # the dynamo exporter's floor; LayerNormalization (17) stays one node
+DYNAMO_MIN_OPSET = 18
+MIN_OPSET = 9
+ORT_LEVELS = ("basic", "extended", "all")
+# Float32 -> float16 conversion keeps these in float32: ORT's CPU EP has no fp16 kernel for them, and
+# normalisation statistics lose too much in fp16 (variance of logits-sized activations overflows).
+FP16_KEEP_FP32 = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Erf"]
+
+
+# -- export ---------------------------------------------------------------------------------------
+def torch_args(spec, feed: dict[str, np.ndarray]) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in spec.input_names)
+
+
+def dynamic_axes_of(spec, axes: str | bool | None = True, extra: dict[int, str] | None = None) -> dict:
+    """The spec's named dynamic axes as `torch.onnx.export` wants them ({input: {axis: name}}), plus `extra`
+    axes (e.g. {0: "batch"}) on every input."""
+    out: dict[str, dict[int, str]] = {}
+    for spec_input in spec.input_specs():
+        named = dict(spec_input.dynamic_axes) if axes else {}
+        named.update(extra or {})
+        if named:
+            out[spec_input.name] = named
+    return out
+
+
+def export_onnx(module, spec, feed: dict[str, np.ndarray], path: Path, opset: int = DEFAULT_OPSET,
+                dynamic_axes: dict | None = None, exporter: str = "auto") -> dict[str, Any]:
+    """Write `module` as a single-file ONNX at `path` with the spec's input/output names; return what was done.
+
+    `exporter`: "dynamo", "torchscript" or "auto" (dynamo from opset 18, TorchScript below).
+    """
+    import torch
+
+    if not MIN_OPSET <= opset:
+        raise UnsupportedError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    if exporter == "auto":
+        exporter = "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
+    if exporter not in ("dynamo", "torchscript"):
+        raise UnsupportedError(f"unknown exporter {exporter!r}; use dynamo, torchscript or auto")
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise UnsupportedError(f"the dynamo exporter cannot go below opset {DYNAMO_MIN_OPSET} on these models "
+                               f"(its version converter fails on LayerNormalization); use exporter='torchscript'")
+    args = torch_args(spec, feed)
+    names = dict(input_names=list(spec.input_names), output_names=list(spec.output_names))
+    start = time.perf_counter()
+    try:
+        if exporter == "dynamo":
+            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, external_data=False,
+                              dynamic_axes=dynamic_axes or None, verbose=False, **names)
+        else:
+            # TorchScript tracing: fused attention hides its math in one op no old opset has.
+            traced = rewrites.eager_attention(copy.deepcopy(module))
+            with torch.no_grad():
+                torch.onnx.export(traced, args, str(path), dynamo=False, opset_version=opset,
+                                  do_constant_folding=True, dynamic_axes=dynamic_axes or None, **names)
+    except Exception as exc:  # exporter errors are many types; name the model, opset and exporter
+        raise ConversionError(f"torch.onnx.export ({exporter}, opset {opset}) failed on {spec.name}: "
+                              f"{type(exc).__name__}: {str(exc)[:800]}") from exc
+    if not Path(path).is_file():
+        raise ConversionError(f"torch.onnx.export wrote nothing at {path}")
+    return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - start, 3),
+            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in (dynamic_axes or {}).items()}}
+
+
+def check_model(path: Path) -> None:
+    """`onnx.checker` with full shape inference; a failure is a ConversionError naming the problem."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionError(f"onnx.checker rejected {Path(path).name}: {str(exc)[:800]}") from None
+
+
+def op_counts(model) -> Counter:
+    """Node counts by op, contrib ops prefixed by their domain (e.g. `com.microsoft:FusedConv`)."""
+    counts: Counter = Counter()
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        counts[key] += 1
+    return counts
+
+
+def model_opset(model, domain: str = "") -> int | None:
+    for entry in model.opset_import:
+        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return int(entry.version)
+    return None
+
+
+# -- ONNX Runtime helpers (host side) -------------------------------------------------------------
+def ort_session(path: Path | str, level: str | None = None, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if level is not None:
+        options.graph_optimization_level = _ort_level(level)
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_outputs(path: Path | str, feeds: list[dict[str, np.ndarray]], level: str | None = None) -> list[list]:
+    session = ort_session(path, level)
+    names = [i.name for i in session.get_inputs()]
+    return [session.run(None, {n: feed[n] for n in names}) for feed in feeds]
+
+
+def agreement(reference: list[list], actual: list[list]) -> dict[str, float]:
+    ref = np.concatenate([np.asarray(o, np.float64).ravel() for s in reference for o in s])
+    got = np.concatenate([np.asarray(o, np.float64).ravel() for s in actual for o in s])
+    err = got - ref
+    noise = float(np.sum(err ** 2))
+    return {"max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
+            "sqnr_db": float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise)),
+            "samples": len(reference)}
+
+
+def _ort_level(level: str):
+    import onnxruntime as ort
+
+    levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if level not in levels:
+        raise UnsupportedError(f"unknown ORT optimisation level {level!r}; choose from {', '.join(ORT_LEVELS)}")
+    return levels[level]
+
+
+def optimize_with_ort(src: Path, dst: Path, level: str) -> dict[str, Any]:
+    """Save ONNX Runtime's optimised graph of `src` at `dst`; return node counts before/after and fused ops."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = _ort_level(level)
+    options.optimized_model_filepath = str(dst)
+    start = time.perf_counter()
+    try:
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ConversionError(f"ONNX Runtime could not optimise {src.name} at level {level}: {exc}") from exc
+    before = op_counts(onnx.load(str(src), load_external_data=False))
+    after = op_counts(onnx.load(str(dst), load_external_data=False))
+    appeared = {op: n for op, n in (after - before).items()}
+    removed = {op: n for op, n in (before - after).items()}
+    return {"level": level, "optimize_s": round(time.perf_counter() - start, 3),
+            "nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
+            "fused_ops": dict(sorted(appeared.items())), "removed_ops": dict(sorted(removed.items())),
+            "contrib_ops": sorted(op for op in after if ":" in op),
+            "portable": level != "all"}
+
+
+# -- quantization ---------------------------------------------------------------------------------
+class _FeedReader:
+    """ORT's CalibrationDataReader protocol over the spec's real sample feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], names: list[str]) -> None:
+        self._iter = iter([{n: feed[n] for n in names} for feed in feeds])
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it for some calibrators only
+        pass
+
+
+def quantize(src: Path, dst: Path, precision: str, calibration: list[dict], work: Path) -> dict[str, Any]:
+    """ORT quantization of `src` into `dst`: dynamic (MatMul/Gemm) or static QDQ calibrated on `calibration`."""
+    import logging
+
+    start = time.perf_counter()
+    prepared = work / "prepared.onnx"
+    # ORT's quantizer logs a WARNING on the root logger for every rank-1 weight it cannot quantize per channel
+    # (LayerNorm scales; it quantizes them per tensor instead): keep the console readable.
+    root = logging.getLogger()
+    level, root.level = root.level, max(root.level, logging.ERROR)
+    try:
+        return _quantize(src, dst, precision, calibration, prepared, start)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(src, dst, precision, calibration, prepared, start) -> dict[str, Any]:
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # Symbolic shape inference + ORT's basic optimisation: the quantizer then sees fused Conv/BN, known shapes.
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+    names = [i.name for i in ort_session(prepared, "disabled").get_inputs()]
+    if precision == "int8-dynamic":
+        # Linear layers only (the PRECISIONS definition); quantized embeddings lose accuracy for no speed.
+        quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8)
+        recipe = {"method": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
+                  "weights": "int8 per-channel", "activations": "uint8, range observed per run"}
+    elif precision == "int8-static":
+        quantize_static(str(prepared), str(dst), _FeedReader(calibration, names), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        recipe = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                  "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric, MinMax",
+                  "calibration_samples": len(calibration)}
+    else:  # pragma: no cover - guarded by the caller
+        raise UnsupportedError(precision)
+    recipe["quantize_s"] = round(time.perf_counter() - start, 3)
+    recipe["onnxruntime"] = ort.__version__
+    return recipe
+
+
+def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    # The dynamo exporter records every intermediate's float32 type; stale after conversion, drop them.
+    del model.graph.value_info[:]
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32))
+    half.topological_sort()  # the converter appends its Cast nodes at the end of the node list
+    onnx.save(half.model, str(dst))
+    return {"method": "onnxruntime.transformers.float16.convert_float_to_float16", "io": "float32",
+            "kept_fp32_ops": FP16_KEEP_FP32}
+
+
+# -- the converter --------------------------------------------------------------------------------
+@register_converter
+class OnnxConverter(Converter):
+    format = "onnx"
+    suffix = ".onnx"
+    description = "ONNX model for ONNX Runtime (any OS; CPU, CUDA, DirectML, CoreML, NNAPI execution providers)"
+    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic")
+    extra = "onnx"
+    required_modules = ("onnx", "onnxscript", "onnxruntime")
+    cli_options = (
+        ("--opset", dict(type=int, default=None, metavar="N",
+                         help="ONNX opset (onnx: 18, the dynamo exporter; below 18 the TorchScript exporter; "
+                              "om: 11)")),
+        ("--dynamic-shapes", dict(action="store_true", default=False,
+                                  help="keep the model's named dynamic axes (e.g. BERT sequence length) "
+                                       "instead of static shapes")),
+        ("--ort-optimize", dict(choices=ORT_LEVELS, default=None,
+                                help="save ONNX Runtime's offline-optimised graph as model.ort-LEVEL.onnx "
+                                     "(fusions into ORT contrib ops; 'all' is tied to this CPU type)")),
+    )
+
+    def artifact_name(self, ort_optimize: str | None = None, **_) -> str:
+        return f"model.ort-{ort_optimize}.onnx" if ort_optimize else "model.onnx"
+
+    def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
+                dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
+                **_) -> Conversion:
+        import onnx
+
+        path = Path(path)
+        if ort_optimize is not None:
+            _ort_level(ort_optimize)  # refuse a bad level before exporting
+        opset = int(opset) if opset else DEFAULT_OPSET
+        axes = dynamic_axes_of(spec) if dynamic_shapes else None
+        details: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="pf-onnx-", dir=path.parent) as tmp:
+            work = Path(tmp)
+            exported = work / "exported.onnx"
+            details["export"] = export_onnx(module, spec, calibration[0], exported, opset, axes, exporter)
+            check_model(exported)
+            current = exported
+            if precision == "fp16":
+                details["fp16"] = to_fp16(current, work / "fp16.onnx")
+                current = work / "fp16.onnx"
+            elif precision.startswith("int8"):
+                details["quantization"] = quantize(current, work / "int8.onnx", precision, calibration, work)
+                current = work / "int8.onnx"
+            if current is not exported:
+                check_model(current)
+            if ort_optimize:
+                optimized = work / "optimized.onnx"
+                details["ort_optimization"] = info = optimize_with_ort(current, optimized, ort_optimize)
+                # The optimised graph must compute what the plain one does (the pipeline then checks it
+                # against PyTorch too).
+                plain = ort_outputs(current, calibration, level="disabled")
+                fused = ort_outputs(optimized, calibration, level="disabled")
+                info["agreement_vs_unoptimized"] = agreement(plain, fused)
+                current = optimized
+            model = onnx.load(str(current), load_external_data=False)
+            details["graph"] = {"nodes": len(model.graph.node), "ops": dict(op_counts(model).most_common()),
+                                "opset": model_opset(model), "ir_version": int(model.ir_version)}
+            os.replace(current, path)
+        return Conversion(path, module, details)
+

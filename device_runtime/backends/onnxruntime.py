@@ -1,0 +1,287 @@
+"""ONNX `.onnx` models through ONNX Runtime (`onnxruntime`, imported lazily on load).
+
+Options of `device_runtime.load(path, ...)` for this backend:
+- `providers`: execution providers in precedence order (default `["CPUExecutionProvider"]`). Every one named
+  must be available in the installed ORT build, else `BackendUnavailableError` lists the ones that are: no
+  silent fallback. ORT assigns each node to the first listed provider that has a kernel for it.
+- `num_threads` -> `SessionOptions.intra_op_num_threads` (threads inside one op; inter-op stays sequential).
+- `graph_optimization`: "disabled" | "basic" | "extended" | "all" (ORT's default "all").
+
+`session.profile(feed, runs)` runs the model under ORT's own profiler and returns the per-operator table.
+
+Sniffing. An ONNX file is a protobuf `ModelProto` with no magic number. Every writer (onnx, torch, ORT)
+serialises fields in field-number order, so the file starts with field 1 `ir_version` (tag 0x08, a varint
+1..~15) followed by one of the next ModelProto fields (`opset_import`, `producer_name`, `graph`, ...). That
+header, or the `.onnx` suffix, identifies the format; whether the rest parses is ORT's call, and a failure is a
+`CorruptArtifactError` that says so.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
+from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
+from device_runtime.session import Session, TensorInfo
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# Tags (field number << 3 | wire type) of the ModelProto fields that can follow ir_version.
+_NEXT_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
+MAX_IR_VERSION = 32  # today 11; leave room, reject nonsense
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16, "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32, "tensor(uint32)": np.uint32, "tensor(int64)": np.int64,
+    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
+    value, shift = 0, 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
+def onnx_header_ok(head: bytes) -> bool:
+    """True when `head` starts like a serialized ModelProto: ir_version, then a known next field."""
+    if len(head) < 3 or head[0] != 0x08:
+        return False
+    ir_version, pos = _varint(head, 1)
+    if ir_version is None or not 1 <= ir_version <= MAX_IR_VERSION or pos >= len(head):
+        return False
+    return head[pos] in _NEXT_FIELD_TAGS
+
+
+def is_onnx(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    return onnx_header_ok(read_head(path, 16)) or path.suffix.lower() == ".onnx"
+
+
+def _available() -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "the onnxruntime package is not installed (pip install 'pocketformer[onnx]')"
+    return None
+
+
+@dataclass(frozen=True)
+class OpProfileRow:
+    """One node's time under ORT's profiler, over the measured runs (microseconds)."""
+
+    op_type: str
+    node: str
+    provider: str
+    count: int        # kernel executions recorded (runs x executions per run)
+    total_us: float
+    mean_us: float    # per execution
+    share: float      # of the measured run time (sum of ORT's `model_run` events)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class OpProfile(list):
+    """The per-operator table (a list of `OpProfileRow`, slowest first) with the run totals it is a share of.
+
+    `coverage` is the node time over the run time: what the per-node rows explain of a run (the rest is
+    ORT's executor overhead, input/output copies and memory planning).
+    """
+
+    def __init__(self, rows, runs: int, run_time_us: float, source: str) -> None:
+        super().__init__(rows)
+        self.runs = runs
+        self.run_time_us = run_time_us
+        self.node_time_us = float(sum(r.total_us for r in rows))
+        self.source = source
+
+    @property
+    def coverage(self) -> float:
+        return self.node_time_us / self.run_time_us if self.run_time_us else 0.0
+
+    @property
+    def mean_run_us(self) -> float:
+        return self.run_time_us / self.runs if self.runs else 0.0
+
+    def by_op_type(self) -> list[dict[str, Any]]:
+        """Rows summed per op type (MatMul, Conv, ...), slowest first."""
+        grouped: dict[str, dict[str, Any]] = OrderedDict()
+        for row in self:
+            g = grouped.setdefault(row.op_type, {"op_type": row.op_type, "nodes": 0, "count": 0, "total_us": 0.0})
+            g["nodes"] += 1
+            g["count"] += row.count
+            g["total_us"] += row.total_us
+        out = sorted(grouped.values(), key=lambda g: -g["total_us"])
+        for g in out:
+            g["mean_us"] = g["total_us"] / g["count"] if g["count"] else 0.0
+            g["share"] = g["total_us"] / self.run_time_us if self.run_time_us else 0.0
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": "us", "runs": self.runs, "run_time_us": self.run_time_us, "node_time_us": self.node_time_us,
+                "coverage": self.coverage, "source": self.source, "rows": [r.to_dict() for r in self]}
+
+
+class OnnxRuntimeSession(Session):
+    format = "onnx"
+    backend = "onnxruntime"
+
+    def __init__(self, path: str, num_threads: int | None = None, providers: Sequence[str] | None = None,
+                 graph_optimization: str = "all", provider_options: Sequence[dict] | None = None) -> None:
+        super().__init__(path, num_threads)
+        import onnxruntime as ort
+
+        self._ort = ort
+        head = read_head(Path(path), 16)
+        size = Path(path).stat().st_size
+        if not onnx_header_ok(head):
+            raise CorruptArtifactError(
+                f"{path} ({size} bytes) does not start like an ONNX ModelProto (expected field 1 ir_version, "
+                f"byte 0x08, then a ModelProto field; got {head[:8].hex(' ')}): not an ONNX model, or corrupt")
+        self.providers = list(providers) if providers else list(DEFAULT_PROVIDERS)
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(f"execution provider(s) {missing} are not in this onnxruntime build "
+                                          f"({ort.__version__}); available, in ORT's order: {available}")
+        self.graph_optimization = graph_optimization
+        self._provider_options = list(provider_options) if provider_options else None
+        self._session = self._make_session()
+        actual = self._session.get_providers()
+        if actual[: len(self.providers)] != self.providers:
+            raise BackendUnavailableError(f"ONNX Runtime could not register {self.providers} (it runs with "
+                                          f"{actual}); check the provider's libraries and options")
+        self._inputs = [self._info(i) for i in self._session.get_inputs()]
+        self._outputs = [self._info(o) for o in self._session.get_outputs()]
+        self._input_names = [t.name for t in self._inputs]
+
+    def _options(self, profile_prefix: str | None = None):
+        ort = self._ort
+        levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if self.graph_optimization not in levels:
+            raise ValueError(f"graph_optimization must be one of {list(levels)}, got {self.graph_optimization!r}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = levels[self.graph_optimization]
+        if self.num_threads is not None:
+            if int(self.num_threads) < 1:
+                raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+            options.intra_op_num_threads = int(self.num_threads)
+        options.inter_op_num_threads = 1
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return options
+
+    def _make_session(self, profile_prefix: str | None = None):
+        size = Path(self.path).stat().st_size
+        try:
+            return self._ort.InferenceSession(self.path, self._options(profile_prefix), providers=self.providers,
+                                              provider_options=self._provider_options)
+        except (BackendUnavailableError, ValueError):
+            raise
+        except Exception as exc:  # ORT raises InvalidProtobuf, InvalidGraph, Fail, NotImplemented, ...
+            kind = type(exc).__name__
+            message = str(exc).strip().splitlines()[0][:600] if str(exc).strip() else kind
+            raise CorruptArtifactError(f"{self.path} ({size} bytes) is not a loadable ONNX model "
+                                       f"(onnxruntime {self._ort.__version__}, {kind}): {message}") from None
+
+    @staticmethod
+    def _info(arg) -> TensorInfo:
+        if arg.type not in ORT_TYPES:
+            raise CorruptArtifactError(f"tensor {arg.name!r} has ONNX type {arg.type}, which is not supported")
+        shape, dynamic = [], {}
+        for axis, dim in enumerate(arg.shape or []):
+            if isinstance(dim, int) and dim >= 0:
+                shape.append(dim)
+            else:
+                shape.append(None)
+                dynamic[axis] = dim if isinstance(dim, str) and dim else f"dim_{axis}"
+        return TensorInfo(arg.name, tuple(shape), np.dtype(ORT_TYPES[arg.type]), None, dynamic)
+
+    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, dict(zip(self._input_names, arrays)))
+
+    def _backend_info(self) -> dict[str, Any]:
+        options = self._session.get_session_options()
+        return {"runtime_version": self._ort.__version__, "providers": self._session.get_providers(),
+                "requested_providers": self.providers, "graph_optimization": self.graph_optimization,
+                "intra_op_num_threads": options.intra_op_num_threads}
+
+    # -- profiling -------------------------------------------------------------------------------
+    def profile(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, runs: int = 10,
+                warmup: int = 2) -> OpProfile:
+        """Per-node times from ONNX Runtime's own profiler over `runs` runs (after `warmup` unrecorded ones).
+
+        A separate profiling session of the same model and options is opened, run and closed; this session
+        is untouched. Rows are per node, slowest first; see `OpProfile` for the totals and `by_op_type()`.
+        """
+        if runs < 1 or warmup < 0:
+            raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+        arrays = self._validate(feed if feed is not None else self.example_feed())
+        named = dict(zip(self._input_names, arrays))
+        with tempfile.TemporaryDirectory(prefix="pf-ort-profile-") as tmp:
+            session = self._make_session(profile_prefix=os.path.join(tmp, "ort"))
+            for _ in range(warmup + runs):
+                session.run(None, named)
+            trace = session.end_profiling()
+            with open(trace) as fh:
+                events = json.load(fh)
+        return parse_ort_profile(events, warmup=warmup, source=f"onnxruntime {self._ort.__version__} profiler")
+
+
+def parse_ort_profile(events: list[dict], warmup: int = 0, source: str = "onnxruntime profiler") -> OpProfile:
+    """Turn ORT's Chrome-trace JSON into the per-node table, dropping the first `warmup` runs.
+
+    ORT records one `Session`/`model_run` event per run and one `Node`/`<node>_kernel_time` event per kernel
+    execution (args: op_name, provider); both have `ts` and `dur` in microseconds. A node event belongs to the
+    run whose interval contains its start.
+    """
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    measured = runs[warmup:]
+    if not measured:
+        raise ValueError(f"the profile holds {len(runs)} run(s), none after the {warmup} warm-up run(s)")
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in measured]
+    starts = np.array([w[0] for w in windows])
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        ts = event["ts"]
+        k = int(np.searchsorted(starts, ts, side="right")) - 1
+        if k < 0 or ts > windows[k][1]:
+            continue  # a warm-up run's node, or outside every measured run
+        args = event.get("args", {})
+        node = event["name"][: -len("_kernel_time")]
+        row = rows.setdefault(node, {"op_type": args.get("op_name", "?"), "provider": args.get("provider", "?"),
+                                     "count": 0, "total_us": 0.0})
+        row["count"] += 1
+        row["total_us"] += float(event.get("dur", 0))
+    run_time = float(sum(e["dur"] for e in measured))
+    table = [OpProfileRow(r["op_type"], node, r["provider"], r["count"], r["total_us"],
+                          r["total_us"] / r["count"], r["total_us"] / run_time if run_time else 0.0)
+             for node, r in rows.items()]
+    table.sort(key=lambda r: -r.total_us)
+    return OpProfile(table, len(measured), run_time, source)
+
+
+register_format(Format("onnx", (".onnx",), is_onnx, "ONNX model (protobuf ModelProto)"))
+register_backend(Backend("onnx", "onnxruntime", OnnxRuntimeSession, _available))

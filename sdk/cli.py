@@ -1,0 +1,323 @@
+"""The `pocketformer` command line: a thin layer over `sdk` and `device_runtime`.
+
+Exit codes scripts can trust:
+  0  success
+  1  verification failed (the artifact does not match PyTorch within the model's tolerance)
+  2  bad usage or bad input (unknown model or format, unreadable file, wrong shape or dtype)
+  3  not supported here (format/precision combination, missing toolchain or runtime)
+  4  the toolchain failed to convert the model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_UNSUPPORTED, EXIT_CONVERSION = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- zoo ---------------------------------------------------------------------------------------------
+def cmd_zoo_list(args) -> int:
+    from models_zoo import get_model, list_models
+
+    rows = [("model", "family", "task", "inputs", "default precision", "tiny variant")]
+    for name in list_models():
+        spec = get_model(name)
+        inputs = ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in spec.input_specs())
+        rows.append((name, spec.family, spec.task, inputs, spec.default_precision,
+                     "yes" if spec.tiny_overrides is not None else "NO"))
+    _print_table(rows)
+    return EXIT_OK
+
+
+def cmd_zoo_show(args) -> int:
+    from models_zoo import get_model
+
+    spec = get_model(args.model, tiny=args.tiny)
+    print(json.dumps(spec.describe(), indent=2))
+    return EXIT_OK
+
+
+def cmd_formats(args) -> int:
+    import device_runtime
+    from converters import get_converter, list_converters
+
+    rows = [("format", "suffix", "precisions", "converter here", "runtime backends here")]
+    backends = device_runtime.list_backends()
+    for fmt in list_converters():
+        conv = get_converter(fmt)
+        runtime = ", ".join(f"{b['name']} ({'ok' if b['unavailable'] is None else 'missing'})"
+                            for b in backends.get(fmt, [])) or "none"
+        rows.append((fmt, conv.suffix, " ".join(conv.precisions), conv.missing_toolchain() or "ok", runtime))
+    _print_table(rows)
+    return EXIT_OK
+
+
+# -- export ------------------------------------------------------------------------------------------
+def cmd_export(args, option_dests: list[str]) -> int:
+    from sdk.export import export
+    from sdk.progress import Progress
+
+    formats = [f for part in args.to for f in part.split(",") if f]
+    options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
+    progress = Progress(enabled=not args.quiet)
+    results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
+                     seq_len=args.seq_len, progress=progress, **options)
+    for result in results:
+        print(result.summary())
+    print(f"report: {results[-1].report_path}")
+    return EXIT_OK
+
+
+# -- run ---------------------------------------------------------------------------------------------
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    import numpy as np
+
+    feed = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep:
+            raise CliError(f"--input expects NAME=FILE.npy, got {pair!r}")
+        try:
+            feed[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read --input {name}: {exc}") from None
+    return feed
+
+
+def build_feed(artifact: Path, image: str | None, text: str | None, inputs: Sequence[str]) -> dict[str, Any]:
+    """A feed from a raw image or sentence, preprocessed as the report beside the artifact says."""
+    from models_zoo import data
+    from sdk.report import report_for_artifact
+
+    if inputs:
+        return _parse_inputs(inputs)
+    if image is None and text is None:
+        return {}
+    model, _ = report_for_artifact(artifact)
+    prep = model.get("preprocessing")
+    if not prep:
+        raise CliError(f"no report.json with preprocessing beside {artifact}; pass raw tensors with "
+                       "--input NAME=FILE.npy")
+    if image is not None:
+        if prep["kind"] != "image":
+            raise CliError(f"{model.get('name')} takes {prep['kind']}, not an image; use --text")
+        return {model["inputs"][0]["name"]: data.preprocess_image(image, prep)}
+    if prep["kind"] != "text":
+        raise CliError(f"{model.get('name')} takes {prep['kind']}, not text; use --image")
+    return data.tokenize(text, prep)
+
+
+def _existing(path: str) -> Path:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such artifact: {path}")
+    return Path(path)
+
+
+def _open(args):
+    import device_runtime
+
+    return device_runtime.load(args.artifact, backend=args.backend, num_threads=args.threads, adapt_io=True)
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from sdk.report import report_for_artifact
+
+    artifact = _existing(args.artifact)
+    feed = build_feed(artifact, args.image, args.text, args.input)
+    session = _open(args)
+    if not feed:
+        raise CliError("nothing to run on: give --image, --text or --input NAME=FILE.npy")
+    outputs = session.run(None, feed)
+    model, _ = report_for_artifact(artifact)
+    labels = model.get("labels")
+    for info, out in zip(session.get_outputs(), outputs):
+        print(f"{info.name}: {out.dtype.name}{list(out.shape)}")
+        if out.ndim == 2 and out.shape[0] == 1 and np.issubdtype(out.dtype, np.floating):
+            logits = out[0].astype(np.float64)
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            for rank, idx in enumerate(np.argsort(-logits)[:args.top], 1):
+                label = labels[idx] if labels and idx < len(labels) else f"class {idx}"
+                print(f"  {rank}. {label:<40} p={probs[idx]:.4f}  logit={logits[idx]:+.4f}")
+        else:
+            print("  " + np.array2string(out.ravel()[:10], precision=4))
+    _, entry = report_for_artifact(artifact)
+    if (entry or {}).get("weights", {}).get("source") == "random":
+        print("note: this artifact was exported with random weights; its predictions are not meaningful")
+    return EXIT_OK
+
+
+# -- bench -------------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from sdk.progress import Progress
+
+    progress = Progress(enabled=not args.quiet)
+    artifact = _existing(args.artifact)
+    feed = build_feed(artifact, args.image, args.text, args.input) or None
+    if feed is None:
+        feed = _sample_feed(artifact)
+    session = _open(args)
+    result = session.benchmark(feed, warmup=args.warmup, runs=args.runs, progress=progress.bar("bench"))
+    lat = result.latency
+    print(f"{artifact} [{result.format}/{result.backend}, threads={result.num_threads or 'default'}]")
+    print(f"  load {result.load_time_ms:.1f} ms, first run {result.first_run_ms:.2f} ms, "
+          f"{result.runs} runs after {result.warmup} warm-up")
+    print(f"  latency ({lat.unit}): p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  p99 {lat.p99:.3f}  "
+          f"mean {lat.mean:.3f} ± {lat.std:.3f}  min {lat.min:.3f}  max {lat.max:.3f}")
+    if args.json:
+        from sdk.report import write_json_atomic
+
+        write_json_atomic(Path(args.json), result.to_dict())
+        print(f"  written {args.json}")
+    return EXIT_OK
+
+
+def _sample_feed(artifact: Path):
+    """The model's first real sample when the report names a zoo model; else the session's example feed."""
+    from sdk.report import report_for_artifact
+
+    model, _ = report_for_artifact(artifact)
+    prep = model.get("preprocessing")
+    if not prep:
+        return None
+    from models_zoo import data
+
+    if prep["kind"] == "image":
+        return {model["inputs"][0]["name"]: data.preprocess_image(data.photo_paths()[0], prep)}
+    return data.tokenize(data.SAMPLE_SENTENCES[0], prep)
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="an exported artifact (.pte, .tflite, .onnx, ...); the format is read from its bytes")
+    p.add_argument("--backend", help="runtime backend for the format (default: the first installed; see `pocketformer formats`)")
+    p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says")
+    src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
+    src.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="a raw input tensor (repeat for each input)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    from converters import PRECISIONS, get_converter, list_converters
+
+    parser = argparse.ArgumentParser(
+        prog="pocketformer", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export compressed Transformers to phones and edge boxes, verify them against PyTorch, "
+                    "run and benchmark them.", epilog=__doc__.split("\n", 2)[2])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="the models zoo").add_subparsers(dest="zoo_command", required=True)
+    zoo.add_parser("list", help="families, variants and input specs").set_defaults(func=cmd_zoo_list)
+    show = zoo.add_parser("show", help="one model's full spec as JSON")
+    show.add_argument("model")
+    show.add_argument("--tiny", action="store_true", help="the tiny variant")
+    show.set_defaults(func=cmd_zoo_show)
+
+    sub.add_parser("formats", help="export formats and runtime backends, and whether each is installed here"
+                   ).set_defaults(func=cmd_formats)
+
+    exp = sub.add_parser("export", help="export a zoo model, verify it against PyTorch, write report.json",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="precisions:\n" + "\n".join(f"  {k:<13} {v}" for k, v in PRECISIONS.items()))
+    exp.add_argument("model", help="a zoo model name (see `pocketformer zoo list`); NAME-tiny for its tiny variant")
+    exp.add_argument("--to", action="append", required=True, metavar="FORMAT",
+                     help=f"format(s), repeat or comma-separate: {', '.join(list_converters())}")
+    exp.add_argument("--precision", choices=list(PRECISIONS),
+                     help="numeric precision (default: the model's own, fp32 except q8bert's int8)")
+    exp.add_argument("--out", default="out", help="output root; artifacts go to OUT/MODEL/PRECISION/ (default: out)")
+    exp.add_argument("--weights", help="a local checkpoint (safetensors, .pth/.bin, or a timm/HF folder); "
+                                       "default: seeded random weights, said in the report")
+    exp.add_argument("--tiny", action="store_true", help="export the tiny variant (same architecture, small dims)")
+    exp.add_argument("--seq-len", type=int, help="sequence length for the BERT family (default 128)")
+    exp.add_argument("--quiet", action="store_true", help="no progress lines")
+    option_dests: list[str] = []
+    seen_flags: set[str] = set()
+    for fmt in list_converters():
+        conv = get_converter(fmt)
+        if not conv.cli_options:
+            continue
+        group = exp.add_argument_group(f"{fmt} options")
+        for flag, kwargs in conv.cli_options:
+            if flag in seen_flags:  # shared by two formats: same meaning by contract
+                continue
+            seen_flags.add(flag)
+            action = group.add_argument(flag, **{"default": None, **kwargs})
+            option_dests.append(action.dest)
+    exp.set_defaults(func=lambda a: cmd_export(a, option_dests))
+
+    run = sub.add_parser("run", help="run an artifact on an image, a sentence or raw tensors; print top outputs")
+    _add_runtime_args(run)
+    run.add_argument("--top", type=int, default=5, help="how many top classes to print (default 5)")
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="latency of an artifact: load, first run, steady-state percentiles")
+    _add_runtime_args(bench)
+    bench.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    bench.add_argument("--json", help="also write the result as JSON to this file")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=cmd_bench)
+    return parser, option_dests
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """Map the SDK's typed errors to exit codes; None for errors that are bugs."""
+    import device_runtime
+    from converters import ConversionError, UnknownFormatName, UnsupportedError
+    from models_zoo import UnknownModelError, WeightsError
+    from sdk.verify import DegenerateReferenceError, ParityError
+
+    if isinstance(exc, (ParityError, DegenerateReferenceError)):
+        return EXIT_PARITY
+    if isinstance(exc, (UnsupportedError, device_runtime.BackendUnavailableError)):
+        return EXIT_UNSUPPORTED
+    if isinstance(exc, ConversionError):
+        return EXIT_CONVERSION
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, (UnknownModelError, UnknownFormatName, WeightsError, device_runtime.InputError,
+                        device_runtime.UnknownFormatError, device_runtime.CorruptArtifactError,
+                        FileNotFoundError, ValueError)):
+        return EXIT_BAD_INPUT
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("pocketformer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            raise
+        print(f"pocketformer: error: {exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The `pocketformer` command line, end to end on tiny models, and its exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sdk.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
+from models_zoo.data import photo_paths
+
+
+def test_zoo_list_shows_every_model_and_its_inputs(capsys):
+    assert main(["zoo", "list"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for name in ("mobilevit_xxs", "efficientformer_l7", "tinybert_4l_312d", "q8bert"):
+        assert name in out
+    assert "pixel_values float32[1, 3, 256, 256]" in out and "token_type_ids int64[1, 128]" in out
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "sdk.cli", "export", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--to", "--precision", "--out", "--weights", "--tiny", "--seq-len"):
+        assert flag in out.stdout
+    assert "int8-dynamic" in out.stdout
+
+
+def test_export_run_and_bench_a_vision_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", "mobilevit_xxs", "--tiny", "--to", "pte", "--out", str(out), "--quiet"]) == EXIT_OK
+    artifact = out / "mobilevit_xxs-tiny" / "fp32" / "model.pte"
+    assert artifact.exists() and "max abs err" in capsys.readouterr().out
+
+    assert main(["run", str(artifact), "--image", str(photo_paths()[0]), "--top", "3"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "logits: float32[1, 1000]" in printed and "1. " in printed and "3. " in printed
+    assert "random weights" in printed
+
+    bench_json = tmp_path / "bench.json"
+    assert main(["bench", str(artifact), "--runs", "5", "--warmup", "1", "--json", str(bench_json), "--quiet"]) == EXIT_OK
+    result = json.loads(bench_json.read_text())
+    assert result["runs"] == 5 and result["latency"]["unit"] == "ms" and result["latency"]["p50"] > 0
+
+
+def test_run_a_bert_model_on_text(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", "tinybert_4l_312d-tiny", "--to", "pte", "--precision", "int8", "--out", str(out),
+                 "--quiet"]) == EXIT_OK
+    artifact = out / "tinybert_4l_312d-tiny" / "int8" / "model.pte"
+    assert main(["run", str(artifact), "--text", "What a wonderful little film."]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "positive" in printed and "negative" in printed
+    assert main(["run", str(artifact), "--image", str(photo_paths()[0])]) == EXIT_BAD_INPUT
+    assert "not an image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["export", "mobilevit_xxxl", "--to", "pte"], EXIT_BAD_INPUT, "known models: efficientformer_l1"),
+    (["export", "mobilevit_xxs", "--to", "docx"], EXIT_BAD_INPUT, "unknown format 'docx'"),
+    (["export", "mobilevit_xxs", "--tiny", "--to", "pte", "--weights", "/nonexistent/w.safetensors"],
+     EXIT_BAD_INPUT, "weights file not found"),
+    (["export", "mobilevit_xxs", "--to", "pte", "--precision", "fp16"], EXIT_UNSUPPORTED, "does not support precision fp16"),
+    (["run", "/nonexistent/model.pte", "--text", "hi"], EXIT_BAD_INPUT, "no such artifact"),
+])
+def test_errors_are_one_line_with_a_trustworthy_exit_code(argv, code, message, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "export" else [])) == code
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("pocketformer: error:") and message in errors[0]
+
+
+def test_corrupt_artifact_exit_code(tmp_path, capsys):
+    bad = tmp_path / "model.pte"
+    bad.write_bytes(b"\x00" * 4 + b"ET12" + b"\x00" * 100)
+    assert main(["bench", str(bad), "--runs", "1"]) == EXIT_BAD_INPUT
+    assert "not a loadable ExecuTorch program" in capsys.readouterr().err

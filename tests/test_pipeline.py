@@ -1,0 +1,81 @@
+"""The export pipeline's guarantees: artifacts that miss their tolerance are never put in place, writes are
+atomic, degenerate references are refused, and the report says what happened."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from converters import atomic_path, base, get_converter
+from converters.executorch import ExecuTorchConverter
+from sdk.export import export
+from sdk.verify import DegenerateReferenceError, ParityError, check_spread, compare
+
+
+class PerturbedConverter(ExecuTorchConverter):
+    """Exports a copy of the model with noisy weights: a stand-in for a toolchain that miscompiles."""
+
+    format = "pte-perturbed"
+
+    def convert(self, module, spec, precision, calibration, path, **options):
+        noisy = copy.deepcopy(module)
+        with torch.no_grad():
+            for p in noisy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        conversion = super().convert(noisy, spec, precision, calibration, path, **options)
+        conversion.reference = module
+        return conversion
+
+
+def test_a_miscompiled_artifact_fails_parity_and_is_not_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(base._CONVERTERS, "pte-perturbed", PerturbedConverter())
+    with pytest.raises(ParityError, match="max abs error"):
+        export("mobilevit_xxs", "pte-perturbed", "fp32", out_dir=tmp_path, tiny=True)
+    folder = tmp_path / "mobilevit_xxs-tiny" / "fp32"
+    assert not (folder / "model.pte").exists()
+    assert [p.name for p in folder.iterdir()] == ["report.json"]  # no temporary leftovers
+    entry = json.loads((folder / "report.json").read_text())["artifacts"]["model.pte"]
+    assert entry["parity"]["passed"] is False and entry["parity"]["failures"]
+
+
+def test_atomic_path_leaves_the_old_artifact_on_failure(tmp_path):
+    final = tmp_path / "model.pte"
+    final.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"half-writ")
+            raise KeyboardInterrupt
+    assert final.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pte"]
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"new")
+    assert final.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pte"]
+
+
+def test_flat_reference_outputs_are_refused():
+    import numpy as np
+
+    with pytest.raises(DegenerateReferenceError, match="no spread"):
+        check_spread([[np.full((1, 10), 1e-40, np.float32)]], "bare-config model")
+    with pytest.raises(DegenerateReferenceError, match="NaN"):
+        check_spread([[np.array([[np.nan, 1.0]], np.float32)]], "broken")
+
+
+def test_compare_measures_what_it_says():
+    import numpy as np
+
+    ref = [[np.array([[1.0, 2.0, 3.0]])], [np.array([[3.0, 1.0, 0.0]])]]
+    got = [[np.array([[1.0, 2.0, 3.1]])], [np.array([[1.0, 3.0, 0.0]])]]
+    m = compare(ref, got, classifier=True)
+    assert m["max_abs_err"] == pytest.approx(2.0) and m["top1_agreement"] == 0.5
+    assert compare(ref, ref, classifier=False)["sqnr_db"] == float("inf")
+
+
+def test_unsupported_requests_fail_before_building(tmp_path):
+    from converters import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="fp16"):
+        export("q8bert", "pte", "fp16", out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert get_converter("pte").unsupported_reason(None, "int8-dynamic") is None
