@@ -3,7 +3,8 @@
 fp32 lowers the exported program to XNNPACK. int8 quantizes first with the XNNPACK PT2E quantizer: static
 per-channel with activations calibrated on the real sample inputs (vision), or dynamic per-channel linear
 layers (BERT family). Before lowering, `converters.rewrites` replaces LayerNorm and attention with
-equivalent ops that XNNPACK takes, so the graph is not cut into dozens of partitions.
+equivalent ops that XNNPACK takes, and `views_for_xnnpack` turns leftover squeezes/expands into views,
+so the graph is not cut into dozens of partitions (MobileViT: 1 partition instead of 13).
 """
 from __future__ import annotations
 
@@ -44,12 +45,47 @@ def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple])
     dynamic = precision == "int8-dynamic"
     quantizer_cls = _dynamic_quantizer() if dynamic else XNNPACKQuantizer
     quantizer = quantizer_cls().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    # LayerNorm stays float (as in Q8BERT); its rewritten linear means would otherwise be quantized.
+    quantizer.set_module_type(rewrites.linear_layernorm_type(), None)
     graph = torch.export.export(module, args).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in calibration:
             prepared(*sample)
     return convert_pt2e(prepared)
+
+
+def views_for_xnnpack(graph_module):
+    """Edge-dialect pass: ops XNNPACK lacks that are only views here become views it has.
+
+    `matmul` on 4-D tensors leaves identity `expand_copy` nodes, and `unbind` leaves `squeeze_copy` of a
+    size-1 dim; each would end a delegated partition. Identity expands are dropped; squeezes and
+    unsqueezes become `view_copy` to the same shape.
+    """
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    aten = exir_ops.edge.aten
+    reshapes = (aten.squeeze_copy.dims, aten.squeeze_copy.dim, aten.unsqueeze_copy.default)
+    graph = graph_module.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or "val" not in node.meta:
+            continue
+        source = node.args[0] if node.args else None
+        if node.target == aten.expand_copy.default and tuple(source.meta["val"].shape) == tuple(node.meta["val"].shape):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+            changed = True
+        elif node.target in reshapes:
+            with graph.inserting_before(node):
+                view = graph.call_function(aten.view_copy.default, (source, list(node.meta["val"].shape)))
+            view.meta = dict(node.meta)
+            node.replace_all_uses_with(view)
+            graph.erase_node(node)
+            changed = True
+    graph_module.recompile()
+    return PassResult(graph_module, changed)
 
 
 def delegation_summary(edge_program) -> dict:
@@ -106,7 +142,8 @@ class ExecuTorchConverter(Converter):
         try:
             exported = torch.export.export(lowered_module, args)
             edge = to_edge_transform_and_lower(
-                exported, partitioner=[XnnpackPartitioner()],
+                exported, transform_passes=[views_for_xnnpack] if rewrite else None,
+                partitioner=[XnnpackPartitioner()],
                 constant_methods={META_METHOD: torch.tensor(list(meta), dtype=torch.uint8)})
             delegation = delegation_summary(edge.exported_program())
             program = edge.to_executorch()

@@ -42,8 +42,9 @@ DEFAULT_OPSET = 18          # the dynamo exporter's floor; LayerNormalization (1
 DYNAMO_MIN_OPSET = 18
 MIN_OPSET = 9
 ORT_LEVELS = ("basic", "extended", "all")
-# Float32 -> float16 conversion keeps these in float32: ORT's CPU EP has no fp16 kernel for them, and
-# normalisation statistics lose too much in fp16 (variance of logits-sized activations overflows).
+# Float32 -> float16 conversion keeps these in float32, as a precaution: normalisation statistics, softmax and
+# erf are the Transformer ops most sensitive to fp16 range and rounding. On the tiny variants converting them too
+# changed nothing measurable (SQNR vs fp32 62 vs 61 dB, MobileViT); it has not been measured on full-size models.
 FP16_KEEP_FP32 = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Erf"]
 
 
@@ -54,7 +55,7 @@ def torch_args(spec, feed: dict[str, np.ndarray]) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in spec.input_names)
 
 
-def dynamic_axes_of(spec, axes: str | bool | None = True, extra: dict[int, str] | None = None) -> dict:
+def dynamic_axes_of(spec, axes: bool = True, extra: dict[int, str] | None = None) -> dict:
     """The spec's named dynamic axes as `torch.onnx.export` wants them ({input: {axis: name}}), plus `extra`
     axes (e.g. {0: "batch"}) on every input."""
     out: dict[str, dict[int, str]] = {}
@@ -188,12 +189,12 @@ def optimize_with_ort(src: Path, dst: Path, level: str) -> dict[str, Any]:
         raise ConversionError(f"ONNX Runtime could not optimise {src.name} at level {level}: {exc}") from exc
     before = op_counts(onnx.load(str(src), load_external_data=False))
     after = op_counts(onnx.load(str(dst), load_external_data=False))
-    appeared = {op: n for op, n in (after - before).items()}
-    removed = {op: n for op, n in (before - after).items()}
     return {"level": level, "optimize_s": round(time.perf_counter() - start, 3),
             "nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
-            "fused_ops": dict(sorted(appeared.items())), "removed_ops": dict(sorted(removed.items())),
-            "contrib_ops": sorted(op for op in after if ":" in op),
+            # ORT's fusions land in its contrib domains (com.microsoft, com.microsoft.nchwc)
+            "fused_ops": {op: n for op, n in sorted(after.items()) if ":" in op},
+            "ops_added": dict(sorted((after - before).items())),
+            "ops_removed": dict(sorted((before - after).items())),
             "portable": level != "all"}
 
 
@@ -301,6 +302,7 @@ class OnnxConverter(Converter):
         import onnx
 
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if ort_optimize is not None:
             _ort_level(ort_optimize)  # refuse a bad level before exporting
         opset = int(opset) if opset else DEFAULT_OPSET

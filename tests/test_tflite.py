@@ -1,0 +1,393 @@
+"""TFLite / LiteRT: converter (fp32, fp16, int8-dynamic, int8-static), runtime backend, bad input.
+
+Parity is checked by the export pipeline on each family's real sample inputs (it refuses references without
+spread and raises ParityError past the model's tolerance); these tests re-assert the recorded figures with
+margins that would catch a regression, and `test_parity_catches_a_corrupted_weight` shows the comparison
+does fail on this format when the artifact is wrong.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import family_representatives
+from converters import get_converter, resolve_precision
+from converters.base import ConversionError, UnsupportedError
+from models_zoo import get_model
+
+FAMILIES = family_representatives()
+VISION = [m for m in FAMILIES if get_model(m).int8_scheme == "static"]
+BERT = [m for m in FAMILIES if get_model(m).int8_scheme == "dynamic"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _export(export_tiny, model: str, precision: str, **options):
+    spec = get_model(model, tiny=True)
+    reason = get_converter("tflite").unsupported_reason(spec, resolve_precision(spec, precision))
+    if reason:
+        pytest.skip(reason)
+    return export_tiny(model, "tflite", precision, **options)
+
+
+@pytest.fixture(scope="module")
+def fp32_vision(export_tiny):
+    return _export(export_tiny, VISION[0], "fp32")
+
+
+@pytest.fixture(scope="module")
+def fp32_bert(export_tiny):
+    return _export(export_tiny, BERT[0], "fp32")
+
+
+def _load(path, **kw):
+    import device_runtime
+
+    return device_runtime.load(path, **kw)
+
+
+# -- conversion and parity ---------------------------------------------------------------------------
+def test_every_family_is_covered():
+    assert VISION and BERT and len(FAMILIES) == 4
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_fp32_parity(export_tiny, model):
+    result = _export(export_tiny, model, "fp32")
+    spec = get_model(model, tiny=True)
+    low = result.parity["lowering"]
+    assert result.passed is True
+    assert low["max_abs_err"] <= spec.tolerance("fp32").atol
+    assert low["sqnr_db"] > 80 and low.get("top1_agreement", 1.0) == 1.0
+    # the report beside the artifact records the same figures and what XNNPACK took
+    entry = json.loads(result.report_path.read_text())["artifacts"][result.path.name]
+    assert entry["parity"]["lowering"]["max_abs_err"] == low["max_abs_err"]
+    xnn = result.details["xnnpack"]
+    assert xnn["delegated_ops"] + xnn["not_delegated_ops"] == result.details["ops"] == \
+        sum(result.details["op_histogram"].values())
+    assert xnn["partitions"] >= 1 and xnn["delegated_ops"] > 0.9 * result.details["ops"]
+    assert [i["name"] for i in result.details["inputs"]] and result.details["outputs"][0]["name"] == "logits"
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_int8_family_recipe(export_tiny, model):
+    """`int8` is static (PT2E, vs the quantized PyTorch model) for vision, dynamic-range for BERT."""
+    result = _export(export_tiny, model, "int8")
+    spec = get_model(model, tiny=True)
+    assert result.precision == f"int8-{spec.int8_scheme}" and result.passed is True
+    quant = result.parity["quantization"]
+    assert quant["sqnr_db"] >= spec.tolerance("int8").min_sqnr_db
+    assert quant["sqnr_db"] < 80  # it really is quantized
+    if spec.int8_scheme == "static":
+        assert result.details["route"].startswith("litert-torch PT2E")
+        assert result.parity["reference"] == "int8-static PyTorch (simulated)"
+        assert result.details["io"] == "float" and result.details["float_io"]["inputs"]
+        assert result.details["xnnpack"]["not_delegated_ops"] <= 0.1 * result.details["ops"]
+    else:
+        assert "dynamic-range" in result.details["route"]
+        assert result.details["xnnpack"]["partitions"] == 1  # XNNPACK takes every FULLY_CONNECTED
+
+
+def test_bert_int8_static_is_full_integer(export_tiny):
+    result = _export(export_tiny, BERT[0], "int8-static")
+    details = result.details
+    assert result.passed is True and details["full_integer"] is True
+    assert set(details["float_ops"]) <= {"EMBEDDING_LOOKUP"}  # hybrid lookup of int8 rows
+    assert details["attention_mask_bound"] < 1e4  # finite mask, so scores keep their int8 resolution
+    # measured 35 dB on the tiny model; the bounded mask and min/max calibration are what make it > 15 dB
+    assert result.parity["quantization"]["sqnr_db"] >= 25
+    assert result.size_bytes < 0.5 * _export(export_tiny, BERT[0], "fp32").size_bytes
+
+
+def test_int8_io_quantizes_through_adapt_io(export_tiny):
+    model = VISION[0]
+    int8 = _export(export_tiny, model, "int8-static", int8_io=True)
+    float_io = _export(export_tiny, model, "int8")  # same calibration, float I/O
+    assert int8.path.name == "model-int8io.tflite" and int8.passed is True
+    session = _load(int8.path)
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.dtype == np.int8 and inp.quantization and inp.quantization.scale > 0
+    assert out.dtype == np.int8 and out.quantization
+    feed = get_model(model, tiny=True).sample_inputs()[0]
+    from device_runtime import DTypeError
+
+    with pytest.raises(DTypeError, match=r"scale .* zero point"):
+        session.run(None, feed)
+    adapted = _load(int8.path, adapt_io=True).run(None, feed)[0]
+    reference = _load(float_io.path).run(None, feed)[0]
+    # the in-graph QUANTIZE of the float-I/O model and adapt_io's numpy rounding may differ by one step
+    assert np.max(np.abs(adapted - reference)) <= 2 * out.quantization.scale + 1e-7
+    assert adapted.dtype == np.float32 and np.std(adapted) > 0
+
+
+def test_fp16_weights(export_tiny):
+    result = _export(export_tiny, BERT[0], "fp16")
+    assert result.passed is True and result.parity["quantization"]["sqnr_db"] >= 30
+    assert "DEQUANTIZE" in result.details["op_histogram"]  # fp16 constants, dequantized once at load
+    assert result.size_bytes < 0.6 * _export(export_tiny, BERT[0], "fp32").size_bytes
+
+
+def test_parity_catches_a_corrupted_weight(fp32_vision, tmp_path):
+    """Scaling one weight tensor by 1.5 must break parity: the figures above are not vacuous."""
+    from ai_edge_litert import schema_py_generated as fb
+    from sdk import verify
+
+    data = bytearray(fp32_vision.path.read_bytes())
+    model = fb.Model.GetRootAs(data, 0)
+    buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
+    largest = max(buffers, key=lambda b: b.DataLength() or b.Size())
+    if largest.DataLength():
+        start = largest._tab.Vector(largest._tab.Offset(4))
+        size = largest.DataLength()
+    else:
+        start, size = largest.Offset(), largest.Size()
+    weights = np.frombuffer(data, np.float32, size // 4, start)
+    data[start:start + size] = (weights * 1.5).astype(np.float32).tobytes()
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(bytes(data))
+    spec = get_model(VISION[0], tiny=True)
+    feeds = spec.sample_inputs()
+    torch_out = verify.torch_outputs(spec.build(), spec.input_names, feeds)
+    session = _load(broken)
+    got = verify.compare(torch_out, [session.run(None, f) for f in feeds], classifier=True)
+    assert got["max_abs_err"] > spec.tolerance("fp32").atol
+
+
+def test_unlowerable_op_is_named(tmp_path):
+    import torch
+
+    converter = get_converter("tflite")
+    if converter.missing_toolchain():
+        pytest.skip(converter.missing_toolchain())
+
+    class Det(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.det(x.reshape(2, 2, 2)).reshape(1, 2)
+
+    spec = types.SimpleNamespace(name="det", input_names=("x",), output_names=("y",))
+    feeds = [{"x": np.random.default_rng(0).random((1, 8), dtype=np.float32)}]
+    with pytest.raises(ConversionError, match=r"op aten\._linalg_det\S* cannot be lowered"):
+        converter.convert(Det().eval(), spec, "fp32", feeds, tmp_path / "det.tflite")
+    assert not (tmp_path / "det.tflite").exists()
+
+
+def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
+    import torch
+
+    from converters import tflite as tfl
+
+    converter = get_converter("tflite")
+    if converter.missing_toolchain():
+        pytest.skip(converter.missing_toolchain())
+
+    def blocked(*_args, **_kwargs):
+        raise ConversionError("the static int8 model converts but LiteRT cannot prepare it (kernel embedding_lookup.cc)")
+
+    monkeypatch.setattr(tfl, "_pt2e_static", blocked)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    spec = types.SimpleNamespace(name="mlp", input_names=("x",), output_names=("y",))
+    feeds = [{"x": np.random.default_rng(i).random((1, 16), dtype=np.float32)} for i in range(2)]
+    with pytest.raises(ConversionError, match="embedding_lookup"):
+        converter.convert(module, spec, "int8-static", feeds, tmp_path / "a.tflite")
+    result = converter.convert(module, spec, "int8-static", feeds, tmp_path / "b.tflite", allow_fallback=True)
+    assert result.details["precision"] == "int8-dynamic" and "FALLBACK" in result.details["route"]
+    assert "embedding_lookup" in result.details["fallback_reason"] and result.reference is module
+
+
+def test_unsupported_requests():
+    converter = get_converter("tflite")
+    spec = get_model(VISION[0], tiny=True)
+    assert "int4-weight" in converter.unsupported_reason(spec, "int4-weight")
+    with pytest.raises(UnsupportedError, match="int8-static only"):
+        converter.convert(None, spec, "fp32", [], Path("unused.tflite"), int8_io=True)
+    assert converter.artifact_name(int8_io=True) != converter.artifact_name()
+    flags = {flag for flag, _ in converter.cli_options}
+    assert {"--int8-io", "--allow-fallback"} <= flags
+
+
+# -- runtime -----------------------------------------------------------------------------------------
+def test_inputs_keep_model_order_and_run_positionally(fp32_bert):
+    session = _load(fp32_bert.path, adapt_io=True)
+    spec = get_model(BERT[0], tiny=True)
+    # the signature lists names alphabetically; the session keeps the model's argument order
+    assert [t.name for t in session.get_inputs()] == list(spec.input_names)
+    assert all(t.dtype == np.int32 and t.shape == (1, spec.seq_len) for t in session.get_inputs())
+    feed = spec.sample_inputs()[0]
+    by_name = session.run(None, feed)[0]
+    positional = session(*[feed[n] for n in spec.input_names])[0]
+    np.testing.assert_array_equal(by_name, positional)
+    assert session.info["signature"] == "serving_default" and session.info["backend"] == "ai_edge_litert"
+
+
+def test_wrong_shape_and_dtype(fp32_vision):
+    from device_runtime import DTypeError, MissingInputError, ShapeError
+
+    session = _load(fp32_vision.path)
+    (inp,) = session.get_inputs()
+    with pytest.raises(ShapeError, match=r"expects \[1, 3, 64, 64\]"):
+        session.run(None, {inp.name: np.zeros((1, 3, 32, 32), np.float32)})
+    with pytest.raises(DTypeError, match=r"float64.*float32"):
+        session.run(None, {inp.name: np.zeros(inp.shape, np.float64)})
+    with pytest.raises(MissingInputError, match=inp.name):
+        session.run(None, {})
+
+
+def test_num_threads_is_honoured(fp32_vision):
+    import os
+
+    assert _load(fp32_vision.path, num_threads=3).info["threads"] == 3
+    assert _load(fp32_vision.path).info["threads"] == (os.cpu_count() or 1)
+    with pytest.raises(ValueError):
+        _load(fp32_vision.path, num_threads=0)
+
+
+@pytest.fixture
+def fake_tflite_runtime(monkeypatch):
+    """A stand-in `tflite_runtime` (same Interpreter API) that records that it was used."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    created = []
+
+    class RecordingInterpreter(Interpreter):
+        def __init__(self, *args, **kwargs):
+            created.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    package = types.ModuleType("tflite_runtime")
+    module = types.ModuleType("tflite_runtime.interpreter")
+    module.Interpreter = RecordingInterpreter
+    package.interpreter = module
+    monkeypatch.setitem(sys.modules, "tflite_runtime", package)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", module)
+    return created
+
+
+def test_backend_choice_is_explicit(fp32_vision, fake_tflite_runtime, monkeypatch):
+    import device_runtime
+    from device_runtime import BackendUnavailableError
+    from device_runtime.backends import tflite as backend
+
+    names = [b["name"] for b in device_runtime.list_backends()["tflite"]]
+    assert names == ["ai_edge_litert", "tflite_runtime"]  # precedence order
+    assert _load(fp32_vision.path).backend == "ai_edge_litert" and not fake_tflite_runtime
+    session = _load(fp32_vision.path, backend="tflite_runtime", num_threads=2)
+    assert session.info["backend"] == "tflite_runtime" and fake_tflite_runtime[-1]["num_threads"] == 2
+    assert session.run(None, session.example_feed())[0].shape == (1, 1000)
+
+    # a board with only tflite-runtime: the default picks it, and says so
+    real = backend._module_present
+    monkeypatch.setattr(backend, "_module_present", lambda n: n != "ai_edge_litert" and real(n))
+    assert _load(fp32_vision.path).info["backend"] == "tflite_runtime"
+    with pytest.raises(BackendUnavailableError, match="ai_edge_litert.*not installed"):
+        _load(fp32_vision.path, backend="ai_edge_litert")  # named: an error, never a fallback
+
+    monkeypatch.setattr(backend, "_module_present", lambda n: False)
+    with pytest.raises(BackendUnavailableError, match="no usable backend for tflite"):
+        _load(fp32_vision.path)
+
+
+def test_runtime_does_not_import_torch(fp32_vision):
+    code = textwrap.dedent(f"""
+        import sys
+        import device_runtime
+        s = device_runtime.load({str(fp32_vision.path)!r}, num_threads=1)
+        out = s.run(None, s.example_feed())
+        assert out[0].shape == (1, 1000), out[0].shape
+        heavy = [m for m in ("torch", "litert_torch", "ai_edge_quantizer", "transformers", "timm") if m in sys.modules]
+        print("HEAVY", heavy)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def _variant(tmp_path, data: bytes, name="bad.tflite") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("cut", [8, 64, 0.25, 0.5, 0.9, -1])
+def test_truncated_file_is_a_clear_error(fp32_bert, tmp_path, cut):
+    from device_runtime import CorruptArtifactError
+
+    data = fp32_bert.path.read_bytes()
+    n = cut if isinstance(cut, int) and cut > 0 else (len(data) - 1 if cut == -1 else int(len(data) * cut))
+    with pytest.raises(CorruptArtifactError, match="truncated|outside the file|past the end|too short"):
+        _load(_variant(tmp_path, data[:n]))
+
+
+def test_corrupt_and_foreign_files(fp32_bert, tmp_path):
+    import struct
+
+    from device_runtime import CorruptArtifactError, UnknownFormatError
+
+    data = bytearray(fp32_bert.path.read_bytes())
+    bad_root = bytearray(data)
+    bad_root[0:4] = struct.pack("<I", len(data) + 100)
+    with pytest.raises(CorruptArtifactError, match="root table offset"):
+        _load(_variant(tmp_path, bytes(bad_root)))
+    bad_version = bytearray(data)
+    # the version is the first field of the root table; zero the whole vtable entry area instead of guessing
+    root = struct.unpack_from("<I", data, 0)[0]
+    vtable = root - struct.unpack_from("<i", data, root)[0]
+    version_at = root + struct.unpack_from("<H", data, vtable + 4)[0]
+    bad_version[version_at:version_at + 4] = struct.pack("<I", 99)
+    with pytest.raises(CorruptArtifactError, match="schema version 99"):
+        _load(_variant(tmp_path, bytes(bad_version)))
+    with pytest.raises(UnknownFormatError, match="not a known artifact format"):
+        _load(_variant(tmp_path, b"PK\x03\x04 not a model at all" * 10))
+    with pytest.raises(CorruptArtifactError):
+        _load(_variant(tmp_path, b"\x10\x00\x00\x00TFL3" + bytes(range(256)) * 4))
+    with pytest.raises(UnknownFormatError, match="empty"):
+        _load(_variant(tmp_path, b""))
+
+
+def test_mutated_files_never_crash_the_process(fp32_bert, tmp_path):
+    """Random bit flips and bad offsets in the flatbuffer's tables, each loaded and run in one subprocess:
+    every one must end in a Python exception or a run, never a crash (the process must exit 0)."""
+    code = textwrap.dedent(f"""
+        import random, sys
+        import device_runtime
+        from device_runtime.backends.tflite import verify_flatbuffer
+        from ai_edge_litert import schema_py_generated as fb
+        src = open({str(fp32_bert.path)!r}, "rb").read()
+        model = fb.Model.GetRootAs(src, 0)
+        weights = set()  # byte ranges of inline weights: flipping those is not a structural test
+        for k in range(model.BuffersLength()):
+            buf = model.Buffers(k)
+            if buf.DataLength():
+                start = buf._tab.Vector(buf._tab.Offset(4))
+                weights.update(range(start, start + buf.DataLength()))
+        tables = [p for p in range(min(len(src), 1 << 20)) if p not in weights]
+        rng = random.Random(7)
+        outcomes = {{}}
+        for i in range(120):
+            b = bytearray(src)
+            if i % 3 == 2:
+                p = rng.choice(tables) & ~3
+                b[p:p + 4] = rng.choice([b"\\xff\\xff\\xff\\x7f", b"\\x00\\x00\\x00\\x80", b"\\xff\\xff\\xff\\xff"])
+            else:
+                for _ in range(rng.randint(1, 6)):
+                    b[rng.choice(tables)] ^= 1 << rng.randrange(8)
+            path = {str(tmp_path / "m.tflite")!r}
+            open(path, "wb").write(b)
+            try:
+                s = device_runtime.load(path, num_threads=1)
+                s.run(None, s.example_feed())
+                kind = "ran"
+            except (ValueError, RuntimeError, ImportError) as exc:
+                kind = type(exc).__name__
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+        print("OUTCOMES", outcomes)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the process died (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    assert "CorruptArtifactError" in proc.stdout
