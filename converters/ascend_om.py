@@ -150,7 +150,8 @@ class UnsupportedOp:
 
     def describe(self) -> str:
         where = f"{self.domain}::{self.opset}::{self.op_type}"
-        text = f"{where} ({self.count} node{'s' if self.count != 1 else ''}, e.g. {', '.join(self.nodes[:3])}): {self.reason}"
+        plural = "s" if self.count != 1 else ""
+        text = f"{where} ({self.count} node{plural}, e.g. {', '.join(self.nodes[:3])}): {self.reason}"
         return text + (f"; fix: {self.rewrite}" if self.rewrite else "")
 
 
@@ -274,7 +275,8 @@ class AtcOptions:
             raise AtcOptionError(f"--input_format={self.input_format} is not valid for ONNX models; use one of "
                                  f"{', '.join(INPUT_FORMATS)} (NHWC is for TensorFlow models)")
         if self.precision_mode not in PRECISION_MODES:
-            raise AtcOptionError(f"unknown --precision_mode {self.precision_mode!r}; one of {', '.join(PRECISION_MODES)}")
+            raise AtcOptionError(f"unknown --precision_mode {self.precision_mode!r}; "
+                                 f"one of {', '.join(PRECISION_MODES)}")
         if self.log not in LOG_LEVELS:
             raise AtcOptionError(f"--log={self.log} is not valid; one of {', '.join(LOG_LEVELS)}")
         if not self.input_shape:
@@ -549,7 +551,8 @@ class AscendOmConverter(Converter):
              atc_log: str | None = None, **_) -> _Plan:
         """Every option resolved and checked against the model, before any slow work."""
         if precision not in self.precisions:
-            raise UnsupportedError(f"om does not support precision {precision} (supports: {', '.join(self.precisions)})")
+            raise UnsupportedError(f"om does not support precision {precision} "
+                                   f"(supports: {', '.join(self.precisions)})")
         opset = int(opset) if opset else DEFAULT_OPSET
         if not ATC_MIN_OPSET <= opset <= ATC_MAX_OPSET:
             raise AtcOptionError(f"opset {opset} is outside ATC's ONNX parser range {ATC_MIN_OPSET}..{ATC_MAX_OPSET}; "
@@ -593,7 +596,8 @@ class AscendOmConverter(Converter):
         plan = self.plan(spec, precision, **options)  # refuse bad options before exporting
         atc = None if atc_script else find_atc()
         if not atc_script and atc is None:
-            raise UnsupportedError("no CANN toolkit here (atc not on PATH, ASCEND_TOOLKIT_HOME unset): use --atc-script")
+            raise UnsupportedError("no CANN toolkit here (atc not on PATH, ASCEND_TOOLKIT_HOME unset): "
+                                   "use --atc-script")
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="pf-atc-", dir=path.parent) as tmp:
             folder = path if atc_script else Path(tmp)
@@ -707,6 +711,12 @@ echo "wrote $(pwd)/model.om"
         aipp_note = ("\n`aipp.cfg` makes the .om take an RGB uint8 image (HWC, already resized and centre-cropped to "
                      f"{spec.preprocessing()['size']}) and normalise it on the AI Core.\n" if plan.aipp else "")
         aipp_row = "\n| `aipp.cfg` | AIPP image preprocessing (--insert_op_conf) |" if plan.aipp else ""
+        n_ops = len(details["atc_onnx"]["precheck"]["ops"])
+        where = " and every checked profile" if "profiles" in parity else ""
+        tradeoff = ("fp16 where the AI Core lacks an fp32 kernel: fast, ~1e-3 relative error"
+                    if PRECISION_MODES[plan.precision_mode] == "fp16" else
+                    "keeps fp32 everywhere: exact but slower, and fails to compile where the SoC has no fp32 kernel, "
+                    "e.g. the Ascend310 cube units")
         readme = f"""# {spec.name} for Ascend ({plan.soc_version}), prepared by Pocketformer
 
 This folder holds everything ATC needs to build `model.om`; no `.om` was built where it was written (`--atc-script`).
@@ -722,9 +732,9 @@ Command:
     {command}
 
 - Inputs: {shapes} (`-1` = chosen per run among the compiled profiles).
-- Operator pre-check against ATC's ONNX operator table: passed ({len(details['atc_onnx']['precheck']['ops'])} operator types).
-- The ONNX matches PyTorch on ONNX Runtime: max abs error {parity['max_abs_err']:.2g} on the real samples{' and every checked profile' if 'profiles' in parity else ''}.
-- Precision: `--precision_mode={plan.precision_mode}` ({'fp16 where the AI Core lacks an fp32 kernel: fast, ~1e-3 relative error' if PRECISION_MODES[plan.precision_mode] == 'fp16' else 'keeps fp32 everywhere: exact but slower, and fails to compile where the SoC has no fp32 kernel (e.g. Ascend310 cubes)'}).
+- Operator pre-check against ATC's ONNX operator table: passed ({n_ops} operator types).
+- The ONNX matches PyTorch on ONNX Runtime: max abs error {parity['max_abs_err']:.2g} on the real samples{where}.
+- Precision: `--precision_mode={plan.precision_mode}` ({tradeoff}).
 {aipp_note}
 Check the result on the NPU host: `pocketformer run model.om` (needs ais_bench or pyACL), or
 `python -m ais_bench --model model.om`. On failure, `atc.log` carries ATC's error codes (E19010: an operator

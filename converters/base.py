@@ -39,9 +39,14 @@ class UnknownFormatName(KeyError):
         return str(self.args[0])
 
 
-def resolve_precision(spec, precision: str | None) -> str:
-    """The concrete precision: the spec's default when None, and `int8` made explicit for the family."""
-    precision = precision or spec.default_precision
+def requested_precision(spec, precision: str | None, converter: "Converter | None" = None) -> str:
+    """What the user asked for, or the default: the format's own (Core ML computes fp16) else the model's."""
+    return precision or (converter.default_precision if converter else None) or spec.default_precision
+
+
+def resolve_precision(spec, precision: str | None, converter: "Converter | None" = None) -> str:
+    """The concrete precision: the default when None, and `int8` made explicit for the family."""
+    precision = requested_precision(spec, precision, converter)
     if precision not in PRECISIONS:
         raise UnsupportedError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "int8":
@@ -69,6 +74,7 @@ class Converter:
     suffix: str = ""          # the artifact's suffix (a folder for package formats)
     description: str = ""
     precisions: tuple[str, ...] = ()  # resolved precisions (see resolve_precision)
+    default_precision: str | None = None  # the format's own default, when it has one (else the model's)
     extra: str = ""           # the pip extra that installs this format's toolchain
     required_modules: tuple[str, ...] = ()
     # Format-specific command-line options: (flag, argparse kwargs). The CLI adds them to `export` in a
@@ -93,8 +99,9 @@ class Converter:
             return f"{', '.join(missing)} not installed (pip install 'pocketformer[{self.extra}]')"
         return None
 
-    def unsupported_reason(self, spec, precision: str) -> str | None:
-        """None when this converter can export `spec` at the resolved `precision`, else why not."""
+    def unsupported_reason(self, spec, precision: str, **options) -> str | None:
+        """None when this converter can export `spec` at the resolved `precision` with these options,
+        else why not."""
         if precision not in self.precisions:
             return f"{self.format} does not support precision {precision} (supports: {', '.join(self.precisions)})"
         return self.missing_toolchain()

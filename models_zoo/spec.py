@@ -159,6 +159,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def family_representatives() -> list[str]:
+    """One registered model per family (its first variant by name): for matrices that need each family once."""
+    seen: dict[str, str] = {}
+    for name in list_models():
+        seen.setdefault(get_model(name).family, name)
+    return sorted(seen.values())
+
+
 def get_model(name: str, tiny: bool = False) -> ModelSpec:
     """The spec of a zoo model; `name-tiny` or `tiny=True` gives its tiny variant."""
     base, _, suffix = name.partition("-")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from converters import atomic_path, get_converter, resolve_precision
+from converters.base import requested_precision
 from converters.base import UnsupportedError
 from models_zoo import ModelSpec, get_model
 from sdk import verify
@@ -67,10 +68,10 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     progress = progress or Progress(enabled=False)
     spec = _spec(model, tiny, seq_len)
     formats = [formats] if isinstance(formats, str) else list(formats)
-    resolved = resolve_precision(spec, precision)
     converters = [get_converter(f) for f in formats]
     for converter in converters:  # refuse before any slow work
-        reason = converter.unsupported_reason(spec, resolved)
+        resolved = resolve_precision(spec, precision, converter)
+        reason = converter.unsupported_reason(spec, resolved, **options)
         if reason:
             raise UnsupportedError(f"cannot export {spec.name} to {converter.format} at {resolved}: {reason}")
 
@@ -80,11 +81,11 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
         fp32_outputs = verify.torch_outputs(module, spec.input_names, feeds)
         verify.check_spread(fp32_outputs, f"{spec.name} (PyTorch fp32)")
 
-    folder = Path(out_dir) / spec.name / (precision or spec.default_precision)
     results = []
     for converter in converters:
-        results.append(_export_one(converter, spec, module, feeds, fp32_outputs, resolved, folder, progress,
-                                   options))
+        folder = Path(out_dir) / spec.name / requested_precision(spec, precision, converter)
+        results.append(_export_one(converter, spec, module, feeds, fp32_outputs,
+                                   resolve_precision(spec, precision, converter), folder, progress, options))
     return results
 
 

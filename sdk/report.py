@@ -17,7 +17,7 @@ from typing import Any
 
 REPORT_NAME = "report.json"
 TOOL_PACKAGES = ("pocketformer", "torch", "executorch", "timm", "transformers", "litert-torch", "ai-edge-litert",
-                 "coremltools", "onnx", "onnxruntime", "numpy")
+                 "coremltools", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
 def tool_versions() -> dict[str, str]:

@@ -6,16 +6,6 @@ import functools
 
 import pytest
 
-from models_zoo import get_model, list_models
-
-
-def family_representatives() -> list[str]:
-    """One registered model per family (its first variant): for format tests that need every family once."""
-    seen: dict[str, str] = {}
-    for name in list_models():
-        seen.setdefault(get_model(name).family, name)
-    return sorted(seen.values())
-
 
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory):

@@ -17,7 +17,7 @@ import device_runtime  # noqa: E402
 from converters import get_converter, list_converters  # noqa: E402
 from device_runtime.backends.onnxruntime import onnx_header_ok, parse_ort_profile  # noqa: E402
 from models_zoo import get_model  # noqa: E402
-from tests.conftest import family_representatives  # noqa: E402
+from models_zoo import family_representatives  # noqa: E402
 
 FAMILIES = family_representatives()
 
@@ -117,9 +117,9 @@ def test_profile_per_node_table(export_tiny, model):
     assert row.op_type and row.node and row.count >= 5 and row.total_us >= row.mean_us > 0
     assert [r.total_us for r in profile] == sorted((r.total_us for r in profile), reverse=True)
     # The rows sum close to ORT's measured run time: what they miss is ORT's executor/copy overhead and the
-    # profiler's own bookkeeping, largest on these tiny models (~0.45-0.9 measured; 0.3 leaves room for a
-    # loaded 2-core machine).
-    assert 0.3 <= profile.coverage <= 1.0 + 1e-9
+    # profiler's own bookkeeping, largest on these tiny models (~0.45-0.9 measured alone; under 3x CPU
+    # oversubscription preemption between nodes pushed tiny BERT below 0.3, so 0.2 is the floor).
+    assert 0.2 <= profile.coverage <= 1.0 + 1e-9
     assert sum(r.share for r in profile) == pytest.approx(profile.coverage)
     graph_types = _graph_ops(result.path)
     assert {r.op_type for r in profile} & graph_types
@@ -130,17 +130,19 @@ def test_profile_per_node_table(export_tiny, model):
 
 
 def test_parse_profile_drops_warmup_runs():
+    matmul, add = {"op_name": "MatMul", "provider": "CPU"}, {"op_name": "Add", "provider": "CPU"}
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
-        {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": {"op_name": "MatMul", "provider": "CPU"}},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": matmul},
         {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
-        {"cat": "Node", "name": "a_kernel_time", "ts": 210, "dur": 40, "args": {"op_name": "MatMul", "provider": "CPU"}},
-        {"cat": "Node", "name": "b_kernel_time", "ts": 260, "dur": 20, "args": {"op_name": "Add", "provider": "CPU"}},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 210, "dur": 40, "args": matmul},
+        {"cat": "Node", "name": "b_kernel_time", "ts": 260, "dur": 20, "args": add},
         {"cat": "Node", "name": "c_fence_before", "ts": 260, "dur": 1, "args": {}},
     ]
     table = parse_ort_profile(events, warmup=1)
     assert table.runs == 1 and table.run_time_us == 100
-    assert [(r.node, r.op_type, r.count, r.total_us) for r in table] == [("a", "MatMul", 1, 40.0), ("b", "Add", 1, 20.0)]
+    rows = [(r.node, r.op_type, r.count, r.total_us) for r in table]
+    assert rows == [("a", "MatMul", 1, 40.0), ("b", "Add", 1, 20.0)]
     assert table.coverage == pytest.approx(0.6)
     with pytest.raises(ValueError, match="warm-up"):
         parse_ort_profile(events, warmup=2)
