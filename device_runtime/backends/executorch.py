@@ -43,6 +43,7 @@ class ExecuTorchSession(Session):
     def __init__(self, path: str, num_threads: int | None = None, method: str = "forward") -> None:
         super().__init__(path, num_threads)
         import torch  # noqa: F401  (ExecuTorch's binding needs it loaded first)
+        import executorch.kernels.quantized  # noqa: F401  (int8 embedding lookups and other quantized kernels)
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
