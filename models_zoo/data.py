@@ -26,6 +26,9 @@ SAMPLE_SENTENCES = (
 )
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
 def photo_paths() -> list[Path]:
     import skimage
 

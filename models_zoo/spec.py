@@ -112,6 +112,29 @@ class ModelSpec:
     def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError
 
+    def feeds_from(self, path: str) -> list[dict[str, np.ndarray]]:
+        """Feeds from the user's own data: a folder of images, or a text file with one sentence a line."""
+        from pathlib import Path
+
+        from models_zoo.data import IMAGE_SUFFIXES, preprocess_image, tokenize
+
+        prep, path = self.preprocessing(), Path(path)
+        if prep["kind"] == "image":
+            if not path.is_dir():
+                raise ValueError(f"calibration for {self.name} is a folder of images; {path} is not a folder")
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            feeds = [{self.input_names[0]: preprocess_image(p, prep)} for p in files]
+        else:
+            if not path.is_file():
+                raise ValueError(f"calibration for {self.name} is a text file, one sentence a line; {path} is not a file")
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            feeds = [tokenize(line, prep) for line in lines]
+        if not feeds:
+            raise ValueError(f"no calibration data in {path}")
+        for feed in feeds:
+            self.check_feed(feed)
+        return feeds
+
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         for spec in self.input_specs():
             arr = feed[spec.name]

@@ -70,7 +70,7 @@ def cmd_export(args, option_dests: list[str]) -> int:
     options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
-                     seq_len=args.seq_len, progress=progress, **options)
+                     seq_len=args.seq_len, calibration=args.calibration, progress=progress, **options)
     for result in results:
         print(result.summary())
     print(f"report: {results[-1].report_path}")
@@ -250,6 +250,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                        "default: seeded random weights, said in the report")
     exp.add_argument("--tiny", action="store_true", help="export the tiny variant (same architecture, small dims)")
     exp.add_argument("--seq-len", type=int, help="sequence length for the BERT family (default 128)")
+    exp.add_argument("--calibration", metavar="PATH",
+                     help="int8 calibration data: a folder of images, or a text file with one sentence a line "
+                          "(default: the model's real sample inputs)")
     exp.add_argument("--quiet", action="store_true", help="no progress lines")
     option_dests: list[str] = []
     seen_flags: set[str] = set()

@@ -46,6 +46,16 @@ class ExportResult:
         return line
 
 
+@dataclass
+class _Data:
+    """The real inputs of one export: verification feeds, their fp32 PyTorch outputs, calibration feeds."""
+
+    feeds: list[dict]
+    fp32_outputs: list
+    calibration: list[dict]
+    calibration_source: str
+
+
 def _spec(model: str | ModelSpec, tiny: bool, seq_len: int | None) -> ModelSpec:
     spec = model if isinstance(model, ModelSpec) else get_model(model, tiny=tiny)
     if tiny and not spec.is_tiny:
@@ -59,8 +69,12 @@ def _spec(model: str | ModelSpec, tiny: bool, seq_len: int | None) -> ModelSpec:
 
 def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), precision: str | None = None,
            out_dir: str | Path = "out", weights: str | Path | None = None, *, tiny: bool = False,
-           seq_len: int | None = None, progress: Progress | None = None, **options) -> list[ExportResult]:
+           seq_len: int | None = None, calibration: str | Path | None = None, progress: Progress | None = None,
+           **options) -> list[ExportResult]:
     """Export a zoo model to each format, verify each artifact against PyTorch, and report.
+
+    Quantizers calibrate on the spec's real sample inputs, or on `calibration` (a folder of images, or a
+    text file with one sentence a line) when given; verification always uses the sample inputs.
 
     `options` go to the converters (e.g. `rewrite=False` for ExecuTorch). Raises `ParityError` after
     recording the figures when an artifact misses the model's tolerance.
@@ -78,18 +92,20 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     with progress.step(f"build {spec.name} ({'random weights' if weights is None else weights})"):
         module = spec.build(weights=str(weights) if weights else None)
         feeds = spec.sample_inputs()
-        fp32_outputs = verify.torch_outputs(module, spec.input_names, feeds)
-        verify.check_spread(fp32_outputs, f"{spec.name} (PyTorch fp32)")
+        data = _Data(feeds, verify.torch_outputs(module, spec.input_names, feeds),
+                     spec.feeds_from(str(calibration)) if calibration else feeds,
+                     str(calibration) if calibration else "the spec's real sample inputs")
+        verify.check_spread(data.fp32_outputs, f"{spec.name} (PyTorch fp32)")
 
     results = []
     for converter in converters:
         folder = Path(out_dir) / spec.name / requested_precision(spec, precision, converter)
-        results.append(_export_one(converter, spec, module, feeds, fp32_outputs,
-                                   resolve_precision(spec, precision, converter), folder, progress, options))
+        results.append(_export_one(converter, spec, module, data, resolve_precision(spec, precision, converter),
+                                   folder, progress, options))
     return results
 
 
-def _export_one(converter, spec, module, feeds, fp32_outputs, precision, folder, progress, options) -> ExportResult:
+def _export_one(converter, spec, module, data: _Data, precision, folder, progress, options) -> ExportResult:
     import device_runtime
 
     final = folder / converter.artifact_name(**options)
@@ -99,11 +115,13 @@ def _export_one(converter, spec, module, feeds, fp32_outputs, precision, folder,
     with atomic_path(final) as tmp:
         start = time.perf_counter()
         with progress.step(f"convert {label}"):
-            conversion = converter.convert(module, spec, precision, feeds, tmp, **options)
+            conversion = converter.convert(module, spec, precision, data.calibration, tmp, **options)
         timings["export_s"] = time.perf_counter() - start
         size = _size(tmp)
         entry = {"file": final.name, "format": converter.format, "precision": precision, "size_bytes": size,
-                 "timings": timings, "details": conversion.details, "weights": module.pocketformer_weights,
+                 "timings": timings, "details": conversion.details, "calibration": {
+                     "source": data.calibration_source, "samples": len(data.calibration)}
+                 if precision.startswith("int8") else None, "weights": module.pocketformer_weights,
                  "tools": tool_versions()}
 
         not_verifiable = converter.verify_reason(**options)
@@ -115,15 +133,15 @@ def _export_one(converter, spec, module, feeds, fp32_outputs, precision, folder,
                                 conversion.details)
 
         start = time.perf_counter()
-        with progress.step(f"verify {label} on {len(feeds)} real samples"):
+        with progress.step(f"verify {label} on {len(data.feeds)} real samples"):
             session = device_runtime.load(tmp, adapt_io=True)
-            artifact_outputs = [session.run(None, feed) for feed in feeds]
-            reference_outputs = (fp32_outputs if conversion.reference is module else
-                                 verify.torch_outputs(conversion.reference, spec.input_names, feeds))
+            artifact_outputs = [session.run(None, feed) for feed in data.feeds]
+            reference_outputs = (data.fp32_outputs if conversion.reference is module else
+                                 verify.torch_outputs(conversion.reference, spec.input_names, data.feeds))
             verify.check_spread(reference_outputs, f"{spec.name} ({precision} PyTorch reference)")
             classifier = spec.task.endswith("classification")
             lowering = verify.compare(reference_outputs, artifact_outputs, classifier)
-            quantization = (verify.compare(fp32_outputs, artifact_outputs, classifier)
+            quantization = (verify.compare(data.fp32_outputs, artifact_outputs, classifier)
                             if precision != "fp32" else None)
             tolerance = spec.tolerance(precision)
             failures = verify.judge(lowering, quantization, tolerance)

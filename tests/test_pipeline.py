@@ -79,3 +79,32 @@ def test_unsupported_requests_fail_before_building(tmp_path):
         export("q8bert", "pte", "fp16", out_dir=tmp_path)
     assert not any(tmp_path.iterdir())
     assert get_converter("pte").unsupported_reason(None, "int8-dynamic") is None
+
+
+def test_user_calibration_data_is_used_and_reported(tmp_path):
+    from PIL import Image
+
+    from models_zoo.data import photo_paths
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    for i, path in enumerate(photo_paths()[:3]):
+        Image.open(path).convert("RGB").save(images / f"{i}.jpg")
+    (images / "notes.txt").write_text("not an image")
+    result = export("mobilevit_xxs", "pte", "int8", out_dir=tmp_path / "out", tiny=True, calibration=images)[0]
+    entry = json.loads(result.report_path.read_text())["artifacts"]["model.pte"]
+    assert entry["calibration"] == {"source": str(images), "samples": 3}
+    assert result.passed
+
+
+def test_calibration_data_of_the_wrong_kind_is_refused(tmp_path):
+    from models_zoo import get_model
+
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("The first line.\n\nA second, longer line of real text.\n")
+    feeds = get_model("tinybert_4l_312d", tiny=True).feeds_from(str(sentences))
+    assert len(feeds) == 2 and feeds[1]["attention_mask"].sum() > feeds[0]["attention_mask"].sum()
+    with pytest.raises(ValueError, match="folder of images"):
+        get_model("mobilevit_xxs").feeds_from(str(sentences))
+    with pytest.raises(ValueError, match="text file"):
+        get_model("q8bert").feeds_from(str(tmp_path))
