@@ -36,9 +36,15 @@ from converters.base import Conversion, ConversionError, Converter, UnsupportedE
 NOT_ON_MAC = "Core ML prediction needs macOS (coremltools converts and validates on Linux but cannot run models)"
 DEFAULT_TARGET = "ios17"
 # --target names (lower case) -> coremltools.target attribute. ML Program needs iOS15 / macOS12 or newer.
-TARGETS = {n.lower(): n for n in
-           [f"iOS{v}" for v in (15, 16, 17, 18, 26)] + [f"macOS{v}" for v in (12, 13, 14, 15, 26)] +
-           [f"watchOS{v}" for v in (8, 9, 10, 11, 26)] + [f"tvOS{v}" for v in (15, 16, 17, 18, 26)]}
+_TARGET_GENERATIONS = {  # Core ML specification version -> the OS releases that introduced it
+    6: ("iOS15", "macOS12", "watchOS8", "tvOS15"), 7: ("iOS16", "macOS13", "watchOS9", "tvOS16"),
+    8: ("iOS17", "macOS14", "watchOS10", "tvOS17"), 9: ("iOS18", "macOS15", "watchOS11", "tvOS18"),
+    10: ("iOS26", "macOS26", "watchOS26", "tvOS26"),
+}
+TARGETS = {n.lower(): n for names in _TARGET_GENERATIONS.values() for n in names}
+# Each target's specification version (coremltools.target values), known without importing coremltools.
+TARGET_VERSION = {n.lower(): v for v, names in _TARGET_GENERATIONS.items() for n in names}
+IOS16, IOS18 = 7, 9
 COMPRESSIONS = {
     "int8": "int8 linear weight quantization (symmetric, per output channel); fp16/fp32 activations",
     "palettize4": "4-bit k-means palettization (16-entry lookup table per tensor)",
@@ -159,7 +165,7 @@ class CoreMLConverter(Converter):
     suffix = ".mlpackage"
     description = "Core ML ML Program package (iOS, macOS; runs on CPU, GPU and the Neural Engine)"
     precisions = ("fp16", "fp32", "int4-weight")
-    default_precision = "fp16"  # read by resolve_precision once the proposed base.py change lands
+    default_precision = "fp16"  # Core ML computes in fp16 unless asked otherwise
     extra = "coreml"
     required_modules = ("coremltools",)
     cli_options = (
@@ -207,46 +213,59 @@ class CoreMLConverter(Converter):
                     "verify the same model exported without --image-input")
         return None
 
-    def unsupported_reason(self, spec, precision: str) -> str | None:
+    def unsupported_reason(self, spec, precision: str, target: str | None = None, compress: str | None = None,
+                           compute_units: str | None = None, image_input: bool = False,
+                           seq_lens: str | None = None, **_) -> str | None:
+        """Why not (precision, toolchain, and every option), before any slow work; None when it can."""
         if precision == "int8-dynamic":
             return ("Core ML has no dynamic activation quantization; its int8 is weight-only: use "
                     "--precision fp16 --compress int8 (int8 weights, fp16 activations)")
         if precision == "int8-static":
             return ("calibrating int8 activations for Core ML needs Core ML prediction (macOS); for int8 weights "
                     "use --precision fp16 --compress int8")
-        return super().unsupported_reason(spec, precision)
+        reason = super().unsupported_reason(spec, precision)
+        if reason:
+            return reason
+        key = (target or DEFAULT_TARGET).lower()
+        if key not in TARGETS:
+            return f"unknown Core ML deployment target {target!r}; choose from {', '.join(TARGETS)}"
+        if compute_units is not None and compute_units.lower() not in COMPUTE_UNITS:
+            return f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}"
+        if precision == "int4-weight" and compress not in (None, "palettize4"):
+            return f"int4-weight is 4-bit palettization; it cannot be combined with --compress {compress}"
+        if compress is not None and compress not in COMPRESSIONS:
+            return f"unknown compression {compress!r}; choose from {', '.join(COMPRESSIONS)}"
+        if (compress or precision == "int4-weight") and TARGET_VERSION[key] < IOS16:
+            return f"compressed weights need an iOS16/macOS13 target or newer, not {TARGETS[key]}"
+        if image_input and spec.preprocessing().get("kind") != "image":
+            return f"--image-input is for image models; {spec.name} takes {spec.preprocessing().get('kind')}"
+        if seq_lens:
+            try:
+                flex = parse_seq_lens(seq_lens)
+            except UnsupportedError as exc:
+                return str(exc)
+            return self._flex_reason(spec, flex, TARGET_VERSION[key])
+        return None
 
     def convert(self, module, spec, precision, calibration, path: Path, target: str | None = None,
                 compress: str | None = None, compute_units: str | None = None, image_input: bool = False,
                 seq_lens: str | None = None, strict: bool = False, **_) -> Conversion:
         import torch
 
+        reason = self.unsupported_reason(spec, precision, target=target, compress=compress,
+                                         compute_units=compute_units, image_input=image_input, seq_lens=seq_lens)
+        if reason:  # the pipeline asked already; direct callers get the same answer
+            raise UnsupportedError(f"cannot export {spec.name} to coreml at {precision}: {reason}")
         ct = import_coremltools()
         target_value = target_enum(target)
         target_name = TARGETS[(target or DEFAULT_TARGET).lower()]
         units = (compute_units or "all").lower()
-        if units not in COMPUTE_UNITS:
-            raise UnsupportedError(f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}")
         if precision == "int4-weight":
-            if compress not in (None, "palettize4"):
-                raise UnsupportedError(f"int4-weight is 4-bit palettization; it cannot be combined with "
-                                       f"--compress {compress}")
             compress = "palettize4"
-        if compress is not None and compress not in COMPRESSIONS:
-            raise UnsupportedError(f"unknown compression {compress!r}; choose from {', '.join(COMPRESSIONS)}")
-        if compress and target_value < ct.target.iOS16:
-            raise UnsupportedError(f"compressed weights need an iOS16/macOS13 target or newer, not {target_name}")
         compute_fp16 = precision != "fp32"
         flex = parse_seq_lens(seq_lens)
         prep = spec.preprocessing()
-        if image_input and prep.get("kind") != "image":
-            raise UnsupportedError(f"--image-input is for image models; {spec.name} takes {prep.get('kind')}")
-        flex_axes = {}
-        if flex:
-            flex_axes = {s.name: dict(s.dynamic_axes) for s in spec.input_specs() if s.dynamic_axes}
-            if not flex_axes:
-                raise UnsupportedError(f"{spec.name} has no dynamic axis (sequence length) to make flexible")
-            self._check_flex(spec, flex, target_value, target_name)
+        flex_axes = {s.name: dict(s.dynamic_axes) for s in spec.input_specs() if s.dynamic_axes} if flex else {}
 
         details: dict[str, Any] = {
             "target": target_name, "compute_precision": "fp16" if compute_fp16 else "fp32",
@@ -306,6 +325,9 @@ class CoreMLConverter(Converter):
                 "expected_factor": expected_factor(compress, 16 if compute_fp16 else 32),
             }
             details["weights"] = weights_after
+            # Judge compressed weights like the int8 exports once parity runs (macOS); read by the proposed
+            # sdk/export.py change (spec.tolerance(details.get("tolerance_as", precision))).
+            details["tolerance_as"] = "int8"
             mlmodel = compressed
 
         # 4. Metadata from the spec, then save (the pipeline moves the folder into place once it is judged).
@@ -323,20 +345,22 @@ class CoreMLConverter(Converter):
 
     # -- steps -----------------------------------------------------------------------------------------
     @staticmethod
-    def _check_flex(spec, flex, target_value, target_name):
-        ct = import_coremltools()
+    def _flex_reason(spec, flex, target_version: int) -> str | None:
         kind, lengths = flex
+        n_flex = sum(1 for s in spec.input_specs() if s.dynamic_axes)
+        if not n_flex:
+            return f"{spec.name} has no dynamic axis (sequence length) to make flexible"
         base = getattr(spec, "seq_len", None)
         lo, hi = lengths[0], lengths[-1]
         if base is not None and not (lo <= base <= hi if kind == FLEX_RANGE else base in lengths):
-            raise UnsupportedError(f"--seq-lens {lengths} must include the export's own sequence length {base} "
-                                   f"(its sample inputs); add it or set --seq-len")
+            return (f"--seq-lens {lengths} must include the export's own sequence length {base} (its sample "
+                    f"inputs); add it or set --seq-len")
         if hi > 512:
-            raise UnsupportedError(f"--seq-lens up to {hi} exceeds BERT's 512 positions")
-        n_flex = sum(1 for s in spec.input_specs() if s.dynamic_axes)
-        if kind == FLEX_ENUMERATED and n_flex > 1 and target_value < ct.target.iOS18:
-            raise UnsupportedError(f"Core ML before iOS18 allows enumerated shapes on one input only; {spec.name} "
-                                   f"has {n_flex}: use --target ios18, or a range such as --seq-lens {lo}-{hi}")
+            return f"--seq-lens up to {hi} exceeds BERT's 512 positions"
+        if kind == FLEX_ENUMERATED and n_flex > 1 and target_version < IOS18:
+            return (f"Core ML before iOS18 allows enumerated shapes on one input only; {spec.name} has {n_flex}: "
+                    f"use --target ios18, or a range such as --seq-lens {lo}-{hi}")
+        return None
 
     @staticmethod
     def _export(module, spec, args, flex, flex_axes):

@@ -28,6 +28,7 @@ from converters.base import ConversionError
 FP16_MAX = 65504.0
 FP16_FLUSH = 2.0 ** -25   # nonzero magnitudes below this round to zero in fp16
 MASK_SENTINEL = 2.0 ** 100  # magnitudes at or above this are masking constants, not activations
+ROOT = "<root>"  # ops the top-level module runs itself (e.g. pooling in a wrapper's forward)
 # Ops whose outputs only move or copy values another op produced (scanning them would only repeat figures).
 _COPY_OPS = {"clone", "_to_copy", "copy_", "lift_fresh", "lift_fresh_copy", "cat", "stack", "detach", "alias",
              "contiguous", "expand", "repeat", "index", "embedding", "scalar_tensor", "full", "zeros", "ones",
@@ -83,7 +84,7 @@ def scan(module, input_names: Sequence[str], feeds: list[dict[str, np.ndarray]],
         "max_abs_activation": peak["max_abs"],
         "peak_layer": peak_layer,
         "peak_op": peak["op"],
-        "headroom": FP16_MAX / peak["max_abs"] if peak["max_abs"] else float("inf"),
+        "headroom": FP16_MAX / peak["max_abs"] if peak["max_abs"] else None,
         "largest": [{"layer": n, "op": e["op"], "max_abs": e["max_abs"]} for n, e in ranked[:top]],
         "overflow": overflow,
         "underflow": underflow,
@@ -104,11 +105,11 @@ def risks(report: dict[str, Any], min_sqnr_db: float | None = None) -> list[str]
         for r in report["overflow"]:
             worst.setdefault(r["layer"], r)
         found.append("activations beyond ±65504 (fp16 overflow), in execution order, in " + ", ".join(
-            f"{layer or '<root>'} ({r['op']}, max {r['max_abs']:.3g})" for layer, r in list(worst.items())[:8]))
+            f"{layer} ({r['op']}, max {r['max_abs']:.3g})" for layer, r in list(worst.items())[:8]))
     if report["underflow"]:
         found.append("values that flush to zero in fp16 (fp16 underflow) carry more than "
                      f"{report['underflow_fraction']:.0%} of the output in " + ", ".join(
-                         f"{r['layer'] or '<root>'} ({r['op']}, {r['flushed_energy']:.0%} of its energy)"
+                         f"{r['layer']} ({r['op']}, {r['flushed_energy']:.0%} of its energy)"
                          for r in report["underflow"][:8]))
     if report.get("weights_overflow"):
         found.append("weights beyond ±65504 (inf in fp16): " + ", ".join(
@@ -145,7 +146,7 @@ def _activation_stats(module, input_names, feeds):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    stack: list[str] = [""]
+    stack: list[str] = [ROOT]
     stats: dict[tuple[str, str], dict[str, float]] = {}
     sentinels: set[tuple[str, str]] = set()
 
@@ -162,21 +163,24 @@ def _activation_stats(module, input_names, feeds):
             return out
 
     def _record(tensor, key):
-        a = tensor.detach().abs().float()
-        big = a >= MASK_SENTINEL
-        if bool(big.any()):
+        a = tensor.detach().abs().float().reshape(-1)
+        peak = float(a.max())
+        if not peak < MASK_SENTINEL:  # mask constants (or inf/NaN): counted apart, left out of the figures
+            big = ~(a < MASK_SENTINEL)
             sentinels.add(key)
             a = a.masked_fill(big, 0.0)
-        a = torch.nan_to_num(a, nan=0.0).double()
-        nonzero = a > 0
-        flushed = nonzero & (a < FP16_FLUSH)
+            peak = float(a.max())
+        small = a < FP16_FLUSH
+        zeros = int((a == 0).sum())
+        flushed = int(small.sum()) - zeros
         s = stats.setdefault(key, {"max_abs": 0.0, "flushed": 0, "nonzero": 0, "flushed_energy": 0.0, "energy": 0.0})
-        s["max_abs"] = max(s["max_abs"], float(a.max()))
-        s["flushed"] += int(flushed.sum())
-        s["nonzero"] += int(nonzero.sum())
-        squares = a * a
-        s["energy"] += float(squares.sum())
-        s["flushed_energy"] += float(squares[flushed].sum())
+        s["max_abs"] = max(s["max_abs"], peak)
+        s["nonzero"] += a.numel() - zeros
+        s["energy"] += float(torch.dot(a, a))
+        if flushed:
+            tiny = a[small]
+            s["flushed"] += flushed
+            s["flushed_energy"] += float(torch.dot(tiny, tiny))
 
     def enter(name):
         def hook(_module, _args):
@@ -202,9 +206,10 @@ def _activation_stats(module, input_names, feeds):
     return stats, sentinels
 
 
-def _fp16_vs_fp32(module, input_names, feeds) -> dict[str, Any]:
+def _fp16_vs_fp32(module, input_names, feeds, max_samples: int = 4) -> dict[str, Any]:
     import torch
 
+    feeds = feeds[:max_samples]  # float16 convolutions are slow on CPU; a few real samples tell enough
     try:
         half = copy.deepcopy(module).half()
         ref, got = [], []
@@ -222,6 +227,7 @@ def _fp16_vs_fp32(module, input_names, feeds) -> dict[str, Any]:
     result = {
         "what": "the PyTorch model run in float16 vs float32 on the sample inputs (CPU kernels; Core ML's "
                 "fp16 kernels differ, so this estimates the artifact's fp16 error, it does not measure it)",
+        "samples": len(feeds),
         "finite": finite,
         "max_abs_err": float(np.max(np.abs(err))) if finite else float("inf"),
         "mean_abs_err": float(np.mean(np.abs(err))) if finite else float("inf"),

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import device_runtime
-from conftest import family_representatives
-from converters import UnsupportedError, get_converter
+from models_zoo import family_representatives
+from converters import UnsupportedError, get_converter, resolve_precision
 from models_zoo import InputSpec, ModelSpec, Tolerance, get_model
 
 CONVERTER = get_converter("coreml")
@@ -32,6 +32,16 @@ def _coreml():
     from converters import coreml
 
     return coreml
+
+
+def _torch_output_shapes(spec) -> dict:
+    import torch
+
+    feed = spec.sample_inputs()[0]
+    with torch.no_grad():
+        out = spec.build()(*[torch.from_numpy(feed[n]) for n in spec.input_names])
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return {n: tuple(o.shape) for n, o in zip(spec.output_names, out)}
 
 
 def _proto(path):
@@ -67,8 +77,9 @@ def test_every_family_converts_validates_and_reports(export_tiny, name):
     for got, want in zip(validation["io"]["inputs"], spec.input_specs()):
         assert got["shape"] == list(want.shape)
         assert got["dtype"] == ("float32" if want.dtype == "float32" else "int32")  # Core ML has no int64
-    assert validation["io"]["outputs"] == [{"name": "logits", "dtype": "float32",
-                                            "shape": [1, 1000 if spec.task == "image-classification" else 2]}]
+    reference = _torch_output_shapes(spec)  # the validation itself also compares these
+    assert validation["io"]["outputs"] == [{"name": n, "dtype": "float32", "shape": list(reference[n])}
+                                           for n in spec.output_names]
     assert validation["ops_newer_than_target"] == {} and validation["ops_total"] > 10
     histogram = validation["op_histogram"]
     assert histogram.get("softmax", 0) >= 1 and histogram.get("layer_norm", 0) >= 1  # attention and its norms
@@ -88,10 +99,11 @@ def test_every_family_converts_validates_and_reports(export_tiny, name):
     proto = _proto(result.path)
     meta = proto.description.metadata
     assert meta.author.startswith("Pocketformer") and spec.name in meta.shortDescription
-    assert "random" in meta.license and meta.versionString
+    assert ("random" in meta.license) == (entry["weights"]["source"] == "random") and meta.versionString
     user = dict(meta.userDefined)
     assert user["pocketformer.model"] == spec.name and user["pocketformer.compute_units"] == "ALL"
-    assert json.loads(user["pocketformer.labels"]) == spec.labels()
+    labels = user.get("pocketformer.labels")
+    assert (json.loads(labels) if labels else None) == spec.labels()
     described = {f.name: f.shortDescription for f in proto.description.input}
     assert all(described[n] for n in spec.input_names)
 
@@ -135,7 +147,7 @@ def test_compress_option_through_the_pipeline_records_sizes(export_tiny):
 
 
 def test_int4_weight_precision_is_4bit_palettization(export_tiny):
-    result = export_tiny("mobilevit_xxs", "coreml", "int4-weight")
+    result = export_tiny("tinybert_4l_312d", "coreml", "int4-weight")
     assert result.precision == "int4-weight" and result.details["compute_precision"] == "fp16"
     compression = result.details["compression"]
     assert compression["method"] == "palettize4" and compression["compressed_tensors"]["ops"] >= 1
@@ -321,7 +333,14 @@ def test_precisions_and_refusals_say_what_to_do_instead():
     assert CONVERTER.unsupported_reason(spec, "int4-weight") is None
     assert "--compress int8" in CONVERTER.unsupported_reason(spec, "int8-dynamic")
     assert "macOS" in CONVERTER.unsupported_reason(spec, "int8-static")
-    assert CONVERTER.default_precision == "fp16"  # Core ML's own default (see the proposed base.py change)
+    assert CONVERTER.default_precision == "fp16"  # Core ML's own default, used when no precision is given
+    assert resolve_precision(get_model("q8bert", tiny=True), None, CONVERTER) == "fp16"  # not q8bert's int8
+    # Options are judged before any slow work too.
+    assert "ios17" in CONVERTER.unsupported_reason(spec, "fp16", target="ios99")
+    assert "ios18" in CONVERTER.unsupported_reason(spec, "fp16", seq_lens="16,32")
+    assert CONVERTER.unsupported_reason(spec, "fp16", seq_lens="16,32", target="ios18") is None
+    assert "image models" in CONVERTER.unsupported_reason(spec, "fp32", image_input=True)
+    assert "palettization" in CONVERTER.unsupported_reason(spec, "int4-weight", compress="int8")
     flags = {flag for flag, _ in CONVERTER.cli_options}
     assert {"--target", "--compress", "--compute-units", "--image-input", "--seq-lens", "--strict"} <= flags
     assert CONVERTER.artifact_name() == "model.mlpackage"
@@ -383,7 +402,7 @@ def test_macos_parity_through_the_session_api(export_tiny, name):
     assert session.format == "coreml" and session.backend == "coremltools"
     assert [t.name for t in session.get_inputs()] == list(spec.input_names)
     out, = session.run(None, spec.sample_inputs()[0])
-    assert out.shape == (1, 1000 if spec.task == "image-classification" else 2) and np.isfinite(out).all()
+    assert out.shape == _torch_output_shapes(spec)[spec.output_names[0]] and np.isfinite(out).all()
 
 
 @mac_only
