@@ -6,7 +6,9 @@ Routes, by precision:
 - fp16: the fp32 flatbuffer with fp16 weights (ai-edge-quantizer float casting of FULLY_CONNECTED, CONV_2D,
   DEPTHWISE_CONV_2D and EMBEDDING_LOOKUP weights; the runtime dequantizes them once).
 - int8-dynamic: the fp32 flatbuffer quantized by ai-edge-quantizer's dynamic-range recipe: int8 per-channel
-  weights, float activations quantized per run inside the kernels. Works on all four families.
+  weights, float activations quantized per run inside the kernels. Works on all four families (litert-torch's
+  own PT2E dynamic route does not: on the BERT family the interpreter refuses it, "op EMBEDDING_LOOKUP
+  (kernel tflite/kernels/embedding_lookup.cc): zero_point == 0 was not true").
 - int8-static (calibrated on the spec's real sample inputs), two routes (`static_route`, `--int8-route`):
   - "pt2e" (default for models without embedding tables: the vision families): litert-torch's PT2E quantizer
     (per-channel weights, histogram observers) -> `convert_pt2e` -> `litert_torch.convert`. The quantized
@@ -28,7 +30,8 @@ Routes, by precision:
   graph. `int8_io=True` (`--int8-io`) keeps int8 I/O; feed it quantized data (or load with adapt_io=True).
 
 `details` in the report: the route, the op histogram, which ops XNNPACK took (and which it left to the
-builtin kernels), the I/O types and, for int8-static, the ops that still compute in float.
+builtin kernels), the I/O types and, for int8-static, the ops that still compute in float (`float_ops`, float
+in and float out) and whether there are none (`full_integer`).
 """
 from __future__ import annotations
 
@@ -328,8 +331,13 @@ def inspect_flatbuffer(path: Path) -> dict:
     def dtype(t: int) -> str:
         return np.dtype(w.TensorType(t, 0)).name
 
-    float_ops = Counter(names[i] for i in original if names[i] not in _BOUNDARY_OPS and
-                        any(dtype(t) in ("float32", "float16") for t in outs[i] if t >= 0))
+    def is_float(tensors) -> bool:
+        return any(dtype(t) in ("float32", "float16") for t in tensors if t >= 0)
+
+    # float arithmetic: float in and float out (a CAST of an integer mask or a hybrid lookup of int8 rows
+    # only produces floats; QUANTIZE/DEQUANTIZE are the boundaries themselves)
+    float_ops = Counter(names[i] for i in original
+                        if names[i] not in _BOUNDARY_OPS and is_float(ins[i]) and is_float(outs[i]))
 
     def io(named):
         return [{"name": name, "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
@@ -383,11 +391,14 @@ def _prepare_check(content: bytes, spec, what: str) -> None:
         with _quiet():
             Interpreter(model_content=content, num_threads=1).allocate_tensors()
     except Exception as exc:
+        import re
+
         message = str(exc).strip()
-        op = next((w for w in message.replace(":", " ").replace("(", " ").split() if w.endswith(".cc")), None)
-        hint = f" (kernel {op})" if op else ""
-        raise ConversionError(f"{what} of {spec.name} converts but LiteRT cannot prepare it{hint}: "
-                              f"{message[:400]}") from exc
+        op = re.search(r"\((\w+)\) failed to prepare", message)
+        kernel = re.search(r"([\w/]+\.cc)", message)
+        hint = "".join([f": op {op.group(1)}" if op else "", f" (kernel {kernel.group(1)})" if kernel else ""])
+        raise ConversionError(f"{what} of {spec.name} converts but LiteRT cannot prepare it{hint}. "
+                              f"LiteRT says: {message[:400]}") from exc
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -468,8 +479,7 @@ class TFLiteConverter(Converter):
         try:
             details.update(inspect_flatbuffer(path))
             if details["precision"] == "int8-static":
-                # Full-integer: every op computes in int8 (a hybrid embedding lookup only reads int8 rows).
-                details["full_integer"] = not (set(details["float_ops"]) - {"EMBEDDING_LOOKUP"})
+                details["full_integer"] = not details["float_ops"]  # every op computes in integers
             else:
                 details.pop("float_ops")
         except Exception as exc:  # the artifact is written; the pipeline's load will report the real problem

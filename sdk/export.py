@@ -117,8 +117,11 @@ def _export_one(converter, spec, module, data: _Data, precision, folder, progres
         with progress.step(f"convert {label}"):
             conversion = converter.convert(module, spec, precision, data.calibration, tmp, **options)
         timings["export_s"] = time.perf_counter() - start
+        # What the artifact really is: a converter may fall back (only when the user allowed it).
+        requested, precision = precision, conversion.details.get("precision", precision)
         size = _size(tmp)
-        entry = {"file": final.name, "format": converter.format, "precision": precision, "size_bytes": size,
+        entry = {"file": final.name, "format": converter.format, "precision": precision,
+                 "requested_precision": requested, "size_bytes": size,
                  "timings": timings, "details": conversion.details, "calibration": {
                      "source": data.calibration_source, "samples": len(data.calibration)}
                  if precision.startswith("int8") else None, "weights": module.pocketformer_weights,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_NAME = "report.json"
-TOOL_PACKAGES = ("pocketformer", "torch", "executorch", "timm", "transformers", "litert-torch", "ai-edge-litert",
+TOOL_PACKAGES = ("pocketformer", "torch", "executorch", "timm", "transformers", "litert-torch", "ai-edge-litert", "ai-edge-quantizer",
                  "coremltools", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 

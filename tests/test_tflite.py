@@ -8,6 +8,7 @@ does fail on this format when the artifact is wrong.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import family_representatives
+from models_zoo import family_representatives
 from converters import get_converter, resolve_precision
 from converters.base import ConversionError, UnsupportedError
 from models_zoo import get_model
@@ -54,7 +55,8 @@ def _load(path, **kw):
 
 # -- conversion and parity ---------------------------------------------------------------------------
 def test_every_family_is_covered():
-    assert VISION and BERT and len(FAMILIES) == 4
+    # families come from the registry (one representative each); both int8 schemes are exercised
+    assert VISION and BERT and len(FAMILIES) >= 4
 
 
 @pytest.mark.parametrize("model", FAMILIES)
@@ -72,7 +74,8 @@ def test_fp32_parity(export_tiny, model):
     assert xnn["delegated_ops"] + xnn["not_delegated_ops"] == result.details["ops"] == \
         sum(result.details["op_histogram"].values())
     assert xnn["partitions"] >= 1 and xnn["delegated_ops"] > 0.9 * result.details["ops"]
-    assert [i["name"] for i in result.details["inputs"]] and result.details["outputs"][0]["name"] == "logits"
+    assert sorted(i["name"] for i in result.details["inputs"]) == sorted(spec.input_names)
+    assert [o["name"] for o in result.details["outputs"]] == list(spec.output_names)
 
 
 @pytest.mark.parametrize("model", FAMILIES)
@@ -94,26 +97,27 @@ def test_int8_family_recipe(export_tiny, model):
         assert result.details["xnnpack"]["partitions"] == 1  # XNNPACK takes every FULLY_CONNECTED
 
 
-def test_bert_int8_static_is_full_integer(export_tiny):
-    result = _export(export_tiny, BERT[0], "int8-static")
+@pytest.mark.parametrize("model", BERT)
+def test_bert_family_int8_static_is_full_integer(export_tiny, model):
+    result = _export(export_tiny, model, "int8-static")
     details = result.details
     assert result.passed is True and details["full_integer"] is True
-    assert set(details["float_ops"]) <= {"EMBEDDING_LOOKUP"}  # hybrid lookup of int8 rows
+    assert details["float_ops"] == {}
     assert details["attention_mask_bound"] < 1e4  # finite mask, so scores keep their int8 resolution
-    # measured 35 dB on the tiny model; the bounded mask and min/max calibration are what make it > 15 dB
+    # measured 33-35 dB on the tiny models; the bounded mask and min/max calibration are what make it > 15 dB
     assert result.parity["quantization"]["sqnr_db"] >= 25
-    assert result.size_bytes < 0.5 * _export(export_tiny, BERT[0], "fp32").size_bytes
+    assert result.size_bytes < 0.5 * _export(export_tiny, model, "fp32").size_bytes
 
 
 def test_int8_io_quantizes_through_adapt_io(export_tiny):
-    model = VISION[0]
+    model = min(VISION, key=lambda m: get_model(m, tiny=True).image_size)  # the quickest to convert
     int8 = _export(export_tiny, model, "int8-static", int8_io=True)
     float_io = _export(export_tiny, model, "int8")  # same calibration, float I/O
     assert int8.path.name == "model-int8io.tflite" and int8.passed is True
     session = _load(int8.path)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert inp.dtype == np.int8 and inp.quantization and inp.quantization.scale > 0
-    assert out.dtype == np.int8 and out.quantization
+    assert out.dtype == np.float32 or out.quantization  # litert-torch keeps some heads' outputs float
     feed = get_model(model, tiny=True).sample_inputs()[0]
     from device_runtime import DTypeError
 
@@ -121,8 +125,10 @@ def test_int8_io_quantizes_through_adapt_io(export_tiny):
         session.run(None, feed)
     adapted = _load(int8.path, adapt_io=True).run(None, feed)[0]
     reference = _load(float_io.path).run(None, feed)[0]
-    # the in-graph QUANTIZE of the float-I/O model and adapt_io's numpy rounding may differ by one step
-    assert np.max(np.abs(adapted - reference)) <= 2 * out.quantization.scale + 1e-7
+    # the in-graph QUANTIZE of the float-I/O model and adapt_io's numpy rounding may differ by one input
+    # step on a few pixels; the outputs then agree to an output step (or a hair, for a float output)
+    step = out.quantization.scale if out.quantization else 1e-3 * float(np.max(np.abs(reference)))
+    assert np.max(np.abs(adapted - reference)) <= 2 * step + 1e-7
     assert adapted.dtype == np.float32 and np.std(adapted) > 0
 
 
@@ -134,19 +140,22 @@ def test_fp16_weights(export_tiny):
 
 
 def test_parity_catches_a_corrupted_weight(fp32_vision, tmp_path):
-    """Scaling one weight tensor by 1.5 must break parity: the figures above are not vacuous."""
+    """Scaling the classifier's weights by 1.5 must break parity: the figures above are not vacuous."""
     from ai_edge_litert import schema_py_generated as fb
     from sdk import verify
 
     data = bytearray(fp32_vision.path.read_bytes())
     model = fb.Model.GetRootAs(data, 0)
-    buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
-    largest = max(buffers, key=lambda b: b.DataLength() or b.Size())
-    if largest.DataLength():
-        start = largest._tab.Vector(largest._tab.Offset(4))
-        size = largest.DataLength()
+    graph = model.Subgraphs(0)
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    fcs = [graph.Operators(i) for i in range(graph.OperatorsLength())
+           if codes[graph.Operators(i).OpcodeIndex()] == fb.BuiltinOperator.FULLY_CONNECTED]
+    buffer = model.Buffers(graph.Tensors(fcs[-1].Inputs(1)).Buffer())
+    if buffer.DataLength():
+        start, size = buffer._tab.Vector(buffer._tab.Offset(4)), buffer.DataLength()
     else:
-        start, size = largest.Offset(), largest.Size()
+        start, size = buffer.Offset(), buffer.Size()
     weights = np.frombuffer(data, np.float32, size // 4, start)
     data[start:start + size] = (weights * 1.5).astype(np.float32).tobytes()
     broken = tmp_path / "broken.tflite"
@@ -187,7 +196,8 @@ def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
         pytest.skip(converter.missing_toolchain())
 
     def blocked(*_args, **_kwargs):
-        raise ConversionError("the static int8 model converts but LiteRT cannot prepare it (kernel embedding_lookup.cc)")
+        raise ConversionError("the static int8 model converts but LiteRT cannot prepare it: op EMBEDDING_LOOKUP "
+                              "(kernel tflite/kernels/embedding_lookup.cc)")
 
     monkeypatch.setattr(tfl, "_pt2e_static", blocked)
     module = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
@@ -230,7 +240,7 @@ def test_wrong_shape_and_dtype(fp32_vision):
 
     session = _load(fp32_vision.path)
     (inp,) = session.get_inputs()
-    with pytest.raises(ShapeError, match=r"expects \[1, 3, 64, 64\]"):
+    with pytest.raises(ShapeError, match=re.escape(f"the model expects {list(inp.shape)}")):
         session.run(None, {inp.name: np.zeros((1, 3, 32, 32), np.float32)})
     with pytest.raises(DTypeError, match=r"float64.*float32"):
         session.run(None, {inp.name: np.zeros(inp.shape, np.float64)})
@@ -390,4 +400,68 @@ def test_mutated_files_never_crash_the_process(fp32_bert, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"the process died (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    assert "CorruptArtifactError" in proc.stdout
+    outcomes = proc.stdout.split("OUTCOMES")[-1]
+    assert "CorruptArtifactError" in outcomes, outcomes
+    print(outcomes)
+
+
+@pytest.fixture(scope="module")
+def two_signatures(tmp_path_factory):
+    """A model with two signatures (two subgraphs); the second takes two inputs and gives two outputs."""
+    import os
+
+    import torch
+
+    if get_converter("tflite").missing_toolchain():
+        pytest.skip(get_converter("tflite").missing_toolchain())
+    import litert_torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return {"y": x * 2.0}
+
+    class SumDiff(torch.nn.Module):
+        def forward(self, x, z):
+            return {"y": x + z, "w": x - z}
+
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    model = (litert_torch.signature("double", Double(), sample_kwargs={"x": torch.ones(1, 4)})
+             .signature("sumdiff", SumDiff(), sample_kwargs={"x": torch.ones(1, 4), "z": torch.ones(1, 4)})
+             .convert())
+    path = tmp_path_factory.mktemp("signatures") / "two.tflite"
+    path.write_bytes(model.model_content())
+    return path
+
+
+def test_signature_runners_and_dynamic_dims(two_signatures, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from device_runtime import InputError
+
+    x, z = np.arange(4, dtype=np.float32).reshape(1, 4), np.ones((1, 4), np.float32)
+    first = _load(two_signatures)
+    assert first.info["signature"] == "double" and first.info["subgraphs"] == 2
+    np.testing.assert_array_equal(first.run(None, {"x": x})[0], 2 * x)
+    second = _load(two_signatures, signature="sumdiff")
+    # the signature def lists outputs alphabetically (w, y); the session keeps the function's order
+    assert [t.name for t in second.get_inputs()] == ["x", "z"] and [t.name for t in second.get_outputs()] == ["y", "w"]
+    y, w = second.run(None, {"x": x, "z": z})
+    np.testing.assert_array_equal(y, x + z)
+    np.testing.assert_array_equal(w, x - z)
+    with pytest.raises(InputError, match="no signature 'nope'.*double.*sumdiff"):
+        _load(two_signatures, signature="nope")
+
+    # make the second dimension dynamic (shape_signature -1): the session reports None and resizes per run
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(two_signatures.read_bytes()))
+    for tensor in model.subgraphs[1].tensors:
+        if tensor.shape is not None and len(tensor.shape) == 2:
+            tensor.shapeSignature = [1, -1]
+    dynamic = tmp_path / "dynamic.tflite"
+    dynamic.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    session = _load(dynamic, signature="sumdiff")
+    (info, _) = session.get_inputs()
+    assert info.shape == (1, None) and info.dynamic_axes == {1: "dim_1"}
+    for n in (3, 9):
+        a = np.full((1, n), 2.0, np.float32)
+        y, w = session.run(None, {"x": a, "z": a})
+        assert y.shape == (1, n) and np.all(y == 4.0) and np.all(w == 0.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import mmap
 import os
 import struct
@@ -148,8 +149,9 @@ class _Verifier:
         return target
 
     # -- tables ----------------------------------------------------------------------------------
-    def table(self, pos: int, kind: str, depth: int = 0) -> dict[int, int]:
-        """Check the table at `pos` and its offset fields; return {field id: absolute field position}."""
+    def table(self, pos: int, kind: str, depth: int = 0, deep: bool = True) -> dict[int, int]:
+        """Check the table at `pos` and its vectors and strings, and (when `deep`) its sub-tables;
+        return {field id: absolute field position}."""
         if depth > _MAX_DEPTH:
             raise _Corrupt(f"{kind}: nesting deeper than {_MAX_DEPTH}")
         self.tables += 1
@@ -181,6 +183,8 @@ class _Verifier:
                 continue
             where = fields[fid]
             self._need(where, 4, f"{kind} field {fid}")
+            if not deep and spec[0] in "utT":
+                continue  # the caller walks these itself
             if spec[0] == "u":
                 type_pos = fields.get(fid - 1)
                 member = _UNIONS[spec[1]].get(self.u8(type_pos)) if type_pos is not None else None
@@ -254,7 +258,7 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
     root = v.u32(0)
     if root < 8 or root >= size:
         raise _Corrupt(f"root table offset {root} is outside the file")
-    model = v.table(root, "Model")
+    model = v.table(root, "Model", deep=False)
     version = v.scalar(model, 0, "<I")
     if version != 3:
         raise _Corrupt(f"schema version {version}, this runtime reads version 3")
@@ -272,12 +276,17 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
     if 2 not in model:
         raise _Corrupt("the model has no subgraphs")
     subgraphs = []
-    for si, sg in enumerate(v.table_vector(model[2], "SubGraph", 0)):
+    for fid, kind in ((8, "ExternalBufferGroup"), (9, "ExternalBuffer")):
+        if fid in model:
+            v.table_vector(model[fid], kind, 0)
+    graphs_at, n_graphs = v.vector(model[2], 4, "subgraphs")
+    for si in range(n_graphs):
+        sg = v.table(v.deref(graphs_at + 4 * si, "SubGraph"), "SubGraph", 1, deep=False)
         n_tensors = 0
         if 0 in sg:
-            start, n_tensors = v.vector(sg[0], 4, "tensors")
+            tensors_at, n_tensors = v.vector(sg[0], 4, "tensors")
             for ti in range(n_tensors):
-                tensor = v.table(v.deref(start + 4 * ti, "Tensor"), "Tensor")
+                tensor = v.table(v.deref(tensors_at + 4 * ti, "Tensor"), "Tensor")
                 b = v.scalar(tensor, 2, "<I")
                 if b >= len(buffers):
                     raise _Corrupt(f"subgraph {si} tensor {ti} uses buffer {b}, the model has {len(buffers)}")
@@ -289,7 +298,7 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
                     raise _Corrupt(f"subgraph {si} tensor {ti} has a negative dimension {dims}")
                 # A dense constant must hold as many bytes as its shape says (kernels read that many).
                 if b and buffer_bytes[b] and 6 not in tensor and TENSOR_TYPES[ttype] is not None:
-                    need = int(np.prod(dims, dtype=np.int64)) * np.dtype(TENSOR_TYPES[ttype]).itemsize
+                    need = math.prod(dims) * np.dtype(TENSOR_TYPES[ttype]).itemsize
                     if need > buffer_bytes[b]:
                         raise _Corrupt(f"subgraph {si} tensor {ti} of shape {dims} needs {need} bytes, its buffer "
                                        f"{b} holds {buffer_bytes[b]}")
@@ -303,16 +312,22 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
         inputs, outputs = check(v.ints(sg, 1), "inputs"), check(v.ints(sg, 2), "outputs")
         n_ops = 0
         if 3 in sg:
-            start, n_ops = v.vector(sg[3], 4, "operators")
+            ops_at, n_ops = v.vector(sg[3], 4, "operators")
             for oi in range(n_ops):
-                op = v.table(v.deref(start + 4 * oi, "Operator"), "Operator")
+                op = v.table(v.deref(ops_at + 4 * oi, "Operator"), "Operator")
                 code = v.scalar(op, 0, "<I")
                 if code >= n_codes:
                     raise _Corrupt(f"subgraph {si} operator {oi} uses op code {code}, the model has {n_codes}")
                 check(v.ints(op, 1), f"operator {oi} inputs", optional=True)
                 check(v.ints(op, 2), f"operator {oi} outputs", optional=True)
                 check(v.ints(op, 8), f"operator {oi} intermediates", optional=True)
+                custom_at, custom_size = v.scalar(op, 9, "<Q"), v.scalar(op, 10, "<Q")
+                if custom_at > 1 and custom_at + custom_size > size:
+                    raise _Corrupt(f"subgraph {si} operator {oi} has custom options past the end of the file")
         subgraphs.append({"inputs": inputs, "outputs": outputs, "tensors": n_tensors, "operators": n_ops})
+    for meta in (v.table_vector(model[6], "Metadata", 0) if 6 in model else []):
+        if v.scalar(meta, 1, "<I") >= len(buffers):
+            raise _Corrupt(f"a metadata entry refers to buffer {v.scalar(meta, 1, '<I')}, the model has {len(buffers)}")
     signatures = []
     for sdef in (v.table_vector(model[7], "SignatureDef", 0) if 7 in model else []):
         index = v.scalar(sdef, 4, "<I")
