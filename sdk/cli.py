@@ -54,7 +54,7 @@ def cmd_formats(args) -> int:
     backends = device_runtime.list_backends()
     for fmt in list_converters():
         conv = get_converter(fmt)
-        runtime = ", ".join(f"{b['name']} ({'ok' if b['unavailable'] is None else 'missing'})"
+        runtime = ", ".join(f"{b['name']} ({'ok' if b['unavailable'] is None else 'unavailable'})"
                             for b in backends.get(fmt, [])) or "none"
         rows.append((fmt, conv.suffix, " ".join(conv.precisions), conv.missing_toolchain() or "ok", runtime))
     _print_table(rows)
@@ -160,42 +160,136 @@ def cmd_run(args) -> int:
 
 # -- bench -------------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
+    """Several artifacts, interleaved, here or on a device (--device); ratios against the first."""
+    from sdk.bench import bench, format_table
     from sdk.progress import Progress
 
     progress = Progress(enabled=not args.quiet)
-    artifact = _existing(args.artifact)
-    feed = build_feed(artifact, args.image, args.text, args.input) or None
-    if feed is None:
-        feed = _sample_feed(artifact)
-    session = _open(args)
-    result = session.benchmark(feed, warmup=args.warmup, runs=args.runs, progress=progress.bar("bench"))
-    lat = result.latency
-    print(f"{artifact} [{result.format}/{result.backend}, threads={result.num_threads or 'default'}]")
-    print(f"  load {result.load_time_ms:.1f} ms, first run {result.first_run_ms:.2f} ms, "
-          f"{result.runs} runs after {result.warmup} warm-up")
-    print(f"  latency ({lat.unit}): p50 {lat.p50:.3f}  p90 {lat.p90:.3f}  p99 {lat.p99:.3f}  "
-          f"mean {lat.mean:.3f} ± {lat.std:.3f}  min {lat.min:.3f}  max {lat.max:.3f}")
+    artifacts = [_existing(a) for a in args.artifacts]
+    feeds = None
+    if args.image or args.text or args.input:
+        feeds = [build_feed(a, args.image, args.text, args.input) or None for a in artifacts]
+    document = _remote_errors(lambda: bench(
+        artifacts, runs=args.runs, warmup=args.warmup, threads=args.threads, feeds=feeds, device=args.device,
+        runner=args.runner, remote_python=args.remote_python, profile_runs=args.profile_runs,
+        backend=args.backend, ssh_key=args.ssh_key, ssh_options=args.ssh_option,
+        progress=progress.bar("bench"), note=progress.note))
+    print(format_table(document))
     if args.json:
         from sdk.report import write_json_atomic
 
-        write_json_atomic(Path(args.json), result.to_dict())
+        write_json_atomic(Path(args.json), document)
         print(f"  written {args.json}")
     return EXIT_OK
 
 
+def _remote_errors(call):
+    """Run `call`, turning remote transport errors into one-line CLI errors with the right exit code."""
+    try:
+        return call()
+    except ImportError:
+        raise
+    except Exception as exc:
+        from device_runtime.remote.transport import RemoteError, ToolMissingError
+        from device_runtime.remote.parsers import RunnerOutputError
+
+        if isinstance(exc, ToolMissingError):
+            raise CliError(str(exc), EXIT_UNSUPPORTED) from None
+        if isinstance(exc, (RemoteError, RunnerOutputError)):
+            raise CliError(str(exc), EXIT_BAD_INPUT) from None
+        raise
+
+
 def _sample_feed(artifact: Path):
     """The model's first real sample when the report names a zoo model; else the session's example feed."""
-    from sdk.report import report_for_artifact
+    from sdk.bench import sample_feed
 
-    model, _ = report_for_artifact(artifact)
-    prep = model.get("preprocessing")
-    if not prep:
-        return None
-    from models_zoo import data
+    return sample_feed(artifact)
 
-    if prep["kind"] == "image":
-        return {model["inputs"][0]["name"]: data.preprocess_image(data.photo_paths()[0], prep)}
-    return data.tokenize(data.SAMPLE_SENTENCES[0], prep)
+
+# -- profile -----------------------------------------------------------------------------------------
+def cmd_profile(args) -> int:
+    """Per-operator profile of an artifact here (Session.profile) or on a device (--device)."""
+    import device_runtime
+    from device_runtime.profile import OpProfile, profile_capabilities
+
+    if args.capabilities or not args.artifact:
+        rows = [("format", "backend", "runtime here", "per-operator profiler")]
+        for row in profile_capabilities():
+            rows.append((row["format"], row["backend"], "yes" if row["runtime_here"] else "no",
+                         row["profiler"] or f"none: {row['no_profiler']}"))
+        _print_table(rows)
+        return EXIT_OK
+    artifact = _existing(args.artifact)
+    feed = build_feed(artifact, args.image, args.text, args.input) or _sample_feed(artifact)
+    if args.device:
+        from sdk.bench import bench
+
+        document = _remote_errors(lambda: bench(
+            [artifact], runs=max(1, args.runs), warmup=args.warmup, threads=args.threads, feeds=[feed],
+            device=args.device, runner=args.runner, remote_python=args.remote_python, profile_runs=args.runs,
+            ssh_key=args.ssh_key, ssh_options=args.ssh_option))
+        result = document["results"][0]
+        if not result.get("profile"):
+            raise CliError(f"no per-operator profile from {args.device}: "
+                           f"{result.get('profile_unavailable') or 'the runner printed none'}", EXIT_UNSUPPORTED)
+        table = OpProfile.from_dict(result["profile"])
+    else:
+        session = device_runtime.load(artifact, backend=args.backend, num_threads=args.threads, adapt_io=True)
+        table = session.profile(feed, runs=args.runs, warmup=args.warmup)
+    print(table.to_text(top=args.top))
+    if args.json:
+        from sdk.report import write_json_atomic
+
+        write_json_atomic(Path(args.json), {"artifact": str(artifact), "device": args.device or "local",
+                                            "profile": table.to_dict()})
+        print(f"  written {args.json}")
+    return EXIT_OK
+
+
+# -- analyze -----------------------------------------------------------------------------------------
+def cmd_analyze(args) -> int:
+    """Parameters, FLOPs, memory access cost, arithmetic intensity and the CPU roofline, per zoo model."""
+    from models_zoo import list_models
+    from sdk.analysis import analyze_model, cpu_roofline, format_analysis
+
+    names = args.models or list_models()
+    roofline = cpu_roofline(threads=args.threads, measure=args.measure)
+    rows = [analyze_model(name, tiny=args.tiny, seq_len=args.seq_len, roofline=roofline) for name in names]
+    print(format_analysis(rows, roofline))
+    if args.json:
+        from sdk.report import write_json_atomic
+
+        write_json_atomic(Path(args.json), {"roofline": roofline, "models": rows})
+        print(f"  written {args.json}")
+    return EXIT_OK
+
+
+# -- report ------------------------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from sdk.html_report import build_report
+
+    paths = build_report(Path(args.dir), html_path=Path(args.out) if args.out else None,
+                         markdown_path=Path(args.markdown) if args.markdown else None,
+                         profile=not args.no_profile, analysis=not args.no_analysis)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return EXIT_OK
+
+
+# -- tune --------------------------------------------------------------------------------------------
+def cmd_tune(args) -> int:
+    from sdk.progress import Progress
+    from sdk.tune import format_tune, tune
+
+    formats = [f for part in (args.formats or []) for f in part.split(",") if f] or None
+    precisions = [p for part in (args.precisions or []) for p in part.split(",") if p] or None
+    result = tune(args.model, out_dir=Path(args.out), tiny=args.tiny, seq_len=args.seq_len,
+                  max_error=args.max_error, formats=formats, precisions=precisions, runs=args.runs,
+                  warmup=args.warmup, threads=args.threads, weights=args.weights,
+                  progress=Progress(enabled=not args.quiet))
+    print(format_tune(result))
+    return EXIT_OK if result.get("pick") else EXIT_UNSUPPORTED
 
 
 # -- parser ------------------------------------------------------------------------------------------
@@ -274,14 +368,97 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     run.add_argument("--top", type=int, default=5, help="how many top classes to print (default 5)")
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="latency of an artifact: load, first run, steady-state percentiles")
-    _add_runtime_args(bench)
-    bench.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
-    bench.add_argument("--json", help="also write the result as JSON to this file")
+    bench = sub.add_parser(
+        "bench", help="latency of artifacts, interleaved: load, first run, percentiles, peak memory, ratios",
+        description="Benchmark one or more artifacts in one process, interleaved round by round so machine drift "
+                    "hits them alike; ratios are against the first artifact. With --device, on your own device.")
+    bench.add_argument("artifacts", nargs="+", metavar="artifact",
+                       help="exported artifacts (.pte, .tflite, .onnx, ...); the format is read from the bytes")
+    _add_feed_args(bench)
+    bench.add_argument("--backend", help="runtime backend (default: the first installed for each format)")
+    bench.add_argument("--threads", type=int, help="CPU threads for the runtimes (default: each runtime's own)")
+    bench.add_argument("--runs", type=int, default=50, help="timed runs per artifact (default 50)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs per artifact (default 5)")
+    bench.add_argument("--profile-runs", type=int, default=0, metavar="N",
+                       help="also record each artifact's per-operator profile over N runs (into the JSON)")
+    bench.add_argument("--json", help="also write the result document as JSON to this file")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_args(bench)
     bench.set_defaults(func=cmd_bench)
+
+    prof = sub.add_parser("profile", help="per-operator profile of an artifact (here or on a device)")
+    prof.add_argument("artifact", nargs="?", help="an exported artifact")
+    prof.add_argument("--capabilities", action="store_true",
+                      help="list which backends have a per-operator profiler (and why not)")
+    _add_feed_args(prof)
+    prof.add_argument("--backend", help="runtime backend")
+    prof.add_argument("--threads", type=int, help="CPU threads")
+    prof.add_argument("--runs", type=int, default=10, help="profiled runs (default 10)")
+    prof.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up runs (default 2)")
+    prof.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
+    prof.add_argument("--json", help="also write the profile as JSON to this file")
+    _add_device_args(prof)
+    prof.set_defaults(func=cmd_profile)
+
+    ana = sub.add_parser("analyze", help="params, FLOPs, memory access cost, arithmetic intensity, CPU roofline")
+    ana.add_argument("models", nargs="*", help="zoo models (default: all)")
+    ana.add_argument("--tiny", action="store_true", help="the tiny variants")
+    ana.add_argument("--seq-len", type=int, help="sequence length for the BERT family (default 128)")
+    ana.add_argument("--threads", type=int, help="cores the roofline counts (default: all usable)")
+    ana.add_argument("--measure", action="store_true",
+                     help="also measure this CPU's fp32 matmul rate and memory bandwidth (a few seconds)")
+    ana.add_argument("--json", help="also write the analysis as JSON to this file")
+    ana.set_defaults(func=cmd_analyze)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page (and Markdown) from a run's folder")
+    rep.add_argument("dir", help="a folder with report.json files (pocketformer export) and bench JSON files")
+    rep.add_argument("--out", help="HTML file (default DIR/report.html)")
+    rep.add_argument("--markdown", help="Markdown file (default DIR/report.md; images beside it)")
+    rep.add_argument("--no-profile", action="store_true",
+                     help="do not profile the slowest artifact when no bench JSON holds its profile")
+    rep.add_argument("--no-analysis", action="store_true", help="skip FLOPs counting (no FLOPs-vs-latency plot)")
+    rep.set_defaults(func=cmd_report)
+
+    tun = sub.add_parser("tune", help="export to every format x precision that runs here, keep the accurate ones, "
+                                      "benchmark them interleaved, pick the fastest")
+    tun.add_argument("model", help="a zoo model name (NAME-tiny for its tiny variant)")
+    tun.add_argument("--max-error", type=float,
+                     help="also require max abs error vs fp32 PyTorch <= this (default: the model's own tolerance)")
+    tun.add_argument("--formats", action="append", help="limit to these formats (comma-separated or repeated)")
+    tun.add_argument("--precisions", action="append", help="limit to these precisions (comma-separated or repeated)")
+    tun.add_argument("--out", default="out", help="output root (default: out)")
+    tun.add_argument("--tiny", action="store_true", help="the tiny variant")
+    tun.add_argument("--seq-len", type=int, help="sequence length for the BERT family")
+    tun.add_argument("--weights", help="a local checkpoint (default: seeded random weights)")
+    tun.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default 50)")
+    tun.add_argument("--warmup", type=int, default=5, help="warm-up runs per candidate (default 5)")
+    tun.add_argument("--threads", type=int, help="CPU threads for the runtimes")
+    tun.add_argument("--quiet", action="store_true", help="no progress lines")
+    tun.set_defaults(func=cmd_tune)
     return parser, option_dests
+
+
+def _add_feed_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says "
+                                     "(default: the model's first real sample)")
+    src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
+    src.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="a raw input tensor (repeat for each input)")
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    dev = p.add_argument_group("on a device")
+    dev.add_argument("--device", metavar="ssh://user@host[:port] | adb:SERIAL",
+                     help="run on your own device: a Linux box over SSH (key-based) or an Android phone over adb")
+    dev.add_argument("--runner", metavar="PATH",
+                     help="a native benchmark binary to push and run instead of the device's Python: LiteRT's "
+                          "benchmark_model for .tflite, ExecuTorch's executor_runner for .pte")
+    dev.add_argument("--remote-python", default="python3",
+                     help="the device's Python interpreter (default python3); it needs numpy and the runtime")
+    dev.add_argument("--ssh-key", help="private key for SSH (default: ssh's own: agent, ~/.ssh/id_*)")
+    dev.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
 
 def _exit_code(exc: BaseException) -> int | None:
