@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from device_runtime.errors import DTypeError, InputError, MissingInputError, ShapeError, UnexpectedInputError
+
+if TYPE_CHECKING:
+    from device_runtime.profile import OpProfile
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,15 @@ class LatencyStats:
     std: float
     min: float
     max: float
+    p10: float = float("nan")
+    p95: float = float("nan")
 
     @classmethod
     def from_seconds(cls, samples: Sequence[float]) -> "LatencyStats":
         ms = np.asarray(samples, dtype=np.float64) * 1e3
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        p10, p50, p90, p95, p99 = np.percentile(ms, [10, 50, 90, 95, 99])
         return cls("ms", float(p50), float(p90), float(p99), float(ms.mean()), float(ms.std()),
-                   float(ms.min()), float(ms.max()))
+                   float(ms.min()), float(ms.max()), float(p10), float(p95))
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,29 @@ class Session:
                 progress(i + 1, runs)
         return BenchmarkResult(self.path, self.format, self.backend, self.num_threads, self.load_time_ms,
                                float(self.first_run_ms), warmup, runs, LatencyStats.from_seconds(samples))
+
+    def profile(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, runs: int = 10,
+                warmup: int = 2) -> "OpProfile":
+        """Per-operator times over `runs` runs after `warmup` unrecorded ones, as a `device_runtime.profile.OpProfile`
+        (rows: node or delegate, op type, provider, calls, total/mean time, share of the run; slowest first).
+
+        Backends with a per-operator profiler override this (ONNX Runtime, ExecuTorch). The others raise
+        `ProfilerUnavailableError` naming the format and backend and saying why: no fake rows.
+        """
+        from device_runtime.profile import ProfilerUnavailableError, profiler_for
+
+        _, gap = profiler_for(self.backend)
+        raise ProfilerUnavailableError(f"no per-operator profile for {self.format or 'this'} artifacts with backend "
+                                       f"{self.backend or type(self).__name__}: {gap}")
+
+    def _median_run_us(self, arrays: list[np.ndarray], runs: int) -> float:
+        """Median time of `runs` plain `_execute` calls, in microseconds (the unprofiled reference of a profile)."""
+        samples = []
+        for _ in range(max(1, runs)):
+            start = time.perf_counter()
+            self._execute(arrays)
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples) * 1e6)
 
     # -- backend contract ------------------------------------------------------------------------
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

@@ -23,14 +23,13 @@ import os
 import re
 import tempfile
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
+from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
 from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
 from device_runtime.session import Session, TensorInfo
 
@@ -84,68 +83,6 @@ def _available() -> str | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return "the onnxruntime package is not installed (pip install 'pocketformer[onnx]')"
     return None
-
-
-@dataclass(frozen=True)
-class OpProfileRow:
-    """One node's time under ORT's profiler, over the measured runs (microseconds)."""
-
-    op_type: str
-    node: str
-    provider: str
-    count: int        # kernel executions recorded (runs x executions per run)
-    total_us: float
-    mean_us: float    # per execution
-    share: float      # of the measured run time (sum of ORT's `model_run` events)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class OpProfile(list):
-    """The per-operator table (a list of `OpProfileRow`, slowest first) with the run totals it is a share of.
-
-    `coverage` is the node time over the run time: what the per-node rows explain of a run (the rest is
-    ORT's executor overhead, input/output copies, memory planning and the profiler's own bookkeeping).
-    `unprofiled_mean_run_us` is the same feed's median run time with the profiler off: on models whose nodes
-    take a few microseconds the profiler's ~10 us per node event dominates, so read shares, not absolutes.
-    """
-
-    def __init__(self, rows, runs: int, run_time_us: float, source: str) -> None:
-        super().__init__(rows)
-        self.runs = runs
-        self.run_time_us = run_time_us
-        self.node_time_us = float(sum(r.total_us for r in rows))
-        self.source = source
-        self.unprofiled_mean_run_us: float | None = None  # median run time of the same feed, profiler off
-
-    @property
-    def coverage(self) -> float:
-        return self.node_time_us / self.run_time_us if self.run_time_us else 0.0
-
-    @property
-    def mean_run_us(self) -> float:
-        return self.run_time_us / self.runs if self.runs else 0.0
-
-    def by_op_type(self) -> list[dict[str, Any]]:
-        """Rows summed per op type (MatMul, Conv, ...), slowest first."""
-        grouped: dict[str, dict[str, Any]] = OrderedDict()
-        for row in self:
-            g = grouped.setdefault(row.op_type, {"op_type": row.op_type, "nodes": 0, "count": 0, "total_us": 0.0})
-            g["nodes"] += 1
-            g["count"] += row.count
-            g["total_us"] += row.total_us
-        out = sorted(grouped.values(), key=lambda g: -g["total_us"])
-        for g in out:
-            g["mean_us"] = g["total_us"] / g["count"] if g["count"] else 0.0
-            g["share"] = g["total_us"] / self.run_time_us if self.run_time_us else 0.0
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"unit": "us", "runs": self.runs, "run_time_us": self.run_time_us, "node_time_us": self.node_time_us,
-                "coverage": self.coverage, "mean_run_us": self.mean_run_us,
-                "unprofiled_mean_run_us": self.unprofiled_mean_run_us, "source": self.source,
-                "rows": [r.to_dict() for r in self]}
 
 
 class OnnxRuntimeSession(Session):
