@@ -1,7 +1,7 @@
 """The models zoo: what each model needs for export. Family modules register themselves on import."""
 from models_zoo.spec import (InputSpec, ModelSpec, Tolerance, UnknownModelError, WeightsError,
                              family_representatives, get_model, list_models, register_model)
-from models_zoo import bert, efficientformer, mobilevit  # noqa: F401  (registration)
+from models_zoo import bert, efficientformer, minilm, mobilevit  # noqa: F401  (registration)
 
 __all__ = ["InputSpec", "ModelSpec", "Tolerance", "UnknownModelError", "WeightsError", "family_representatives", "get_model",
            "list_models", "register_model"]

@@ -10,13 +10,15 @@ bert-base-uncased vocabulary at a fixed sequence length (a parameter, default 12
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models_zoo.data import SAMPLE_SENTENCES, tokenize
-from models_zoo.spec import InputSpec, ModelSpec, Tolerance, register_model
+from models_zoo.spec import InputSpec, ModelSpec, Tolerance, WeightsError, register_model
 
 BERT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4),
@@ -42,33 +44,49 @@ class BertSpec(ModelSpec):
     seq_len: int = 128
     use_token_type_ids: bool = True
     num_labels: int = 2
+    # Per-layer (heads, intermediate_size) when a structurally pruned checkpoint says so; None: uniform config.
+    layer_shapes: tuple[tuple[int, int], ...] | None = None
 
     def with_seq_len(self, seq_len: int) -> "BertSpec":
-        from dataclasses import replace
-
         if not 1 < seq_len <= 512:
             raise ValueError(f"sequence length must be in 2..512, got {seq_len}")
         return replace(self, seq_len=seq_len)
 
-    def _build(self):
-        import torch
-        from transformers import BertConfig, BertForSequenceClassification
+    def with_architecture(self, architecture: dict[str, Any]) -> "BertSpec":
+        """This spec with the dims a compressed checkpoint declares (see `read_architecture`)."""
+        if architecture.get("task", self.task) != self.task:
+            raise WeightsError(f"the checkpoint is a {architecture['task']} model "
+                               f"(from {architecture.get('source_model', '?')}); {self.name} is {self.task}")
+        layers = architecture.get("layers")
+        shapes = tuple((int(l["heads"]), int(l["intermediate_size"])) for l in layers) if layers else None
+        return replace(self, config={**self.config, **architecture.get("config", {})}, layer_shapes=shapes)
+
+    def build(self, weights: str | None = None, seed: int = 0):
+        """As `ModelSpec.build`; a checkpoint written by `pocketformer compress` may also change the dims
+        (fewer layers, heads or FFN channels): they are read from its metadata before building."""
+        architecture = read_architecture(weights) if weights is not None else None
+        spec = self.with_architecture(architecture) if architecture else self
+        module = super(BertSpec, spec).build(weights=weights, seed=seed)
+        if architecture:
+            module.pocketformer_weights["architecture"] = architecture
+        return module
+
+    def _hf_config(self):
+        from transformers import BertConfig
 
         config = BertConfig(vocab_size=BERT_BASE_VOCAB, num_labels=self.num_labels, **self.config)
         # eager attention: plain matmul/softmax, which every exporter and XNNPACK take, and which
         # FlopCounterMode counts (fused attention is invisible to it).
         config._attn_implementation = "eager"
+        return config
+
+    def _build(self):
+        from transformers import BertForSequenceClassification
+
+        config = self._hf_config()
         model = BertForSequenceClassification(config)
-        # transformers v5 can leave weights of a bare-config model uninitialised (outputs ~1e-40):
-        # initialise explicitly as BERT does.
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                torch.nn.init.normal_(module.weight, std=config.initializer_range)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-            if isinstance(module, torch.nn.LayerNorm):
-                torch.nn.init.ones_(module.weight)
-                torch.nn.init.zeros_(module.bias)
+        init_bert_weights(model, config.initializer_range)
+        apply_layer_shapes(model, self.layer_shapes)
         return _LogitsOnly(model)
 
     def input_specs(self) -> tuple[InputSpec, ...]:
@@ -85,6 +103,105 @@ class BertSpec(ModelSpec):
 
     def labels(self) -> list[str] | None:
         return list(SST2_LABELS) if self.num_labels == 2 else None
+
+
+def init_bert_weights(model, std: float) -> None:
+    """transformers v5 can leave weights of a bare-config model uninitialised (outputs ~1e-40):
+    initialise explicitly as BERT does."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=std)
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+        if isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+# -- compressed checkpoints: dims that differ from the spec's config -------------------------------------------
+# `pocketformer compress` writes safetensors whose metadata holds this key: JSON with "config" (BertConfig
+# overrides, e.g. fewer layers for a distilled student), optionally "layers" (per layer "heads" and
+# "intermediate_size" after structured pruning) and the "task" the weights were trained for.
+ARCHITECTURE_KEY = "pocketformer.architecture"
+
+
+def read_architecture(weights) -> dict[str, Any] | None:
+    """The architecture a compressed checkpoint declares, or None (plain checkpoints, non-safetensors)."""
+    from models_zoo.weights import FOLDER_FILES
+
+    path = Path(weights)
+    if path.is_dir():
+        path = next((path / f for f in FOLDER_FILES if (path / f).exists()), path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # unreadable: let the weights loader report it
+        return None
+    if ARCHITECTURE_KEY not in meta:
+        return None
+    try:
+        return json.loads(meta[ARCHITECTURE_KEY])
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: bad {ARCHITECTURE_KEY} metadata: {exc}") from None
+
+
+def find_bert(module):
+    """The transformers `BertModel` inside a wrapped zoo module."""
+    from transformers import BertModel
+
+    for sub in module.modules():
+        if isinstance(sub, BertModel):
+            return sub
+    raise TypeError(f"{type(module).__name__} holds no BertModel")
+
+
+def shrink_layer(layer, heads=None, channels=None) -> None:
+    """Physically keep only attention heads `heads` and FFN channels `channels` (index lists) of a BertLayer:
+    the query/key/value rows and output columns of those heads, the intermediate rows and output columns of
+    those channels. The forward pass infers the head count from the tensor shapes."""
+    import torch
+
+    def keep(linear, index, dim):
+        index = torch.as_tensor(list(index), dtype=torch.long)
+        weight = linear.weight.detach().index_select(dim, index).clone()
+        new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+        new.weight.data.copy_(weight)
+        if linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach() if dim == 1 else linear.bias.detach()[index])
+        return new.to(linear.weight.dtype)
+
+    if heads is not None:
+        attn = layer.attention.self
+        size = attn.attention_head_size
+        rows = [h * size + i for h in heads for i in range(size)]
+        if not rows:
+            raise ValueError("a BERT layer needs at least one attention head")
+        attn.query, attn.key, attn.value = (keep(m, rows, 0) for m in (attn.query, attn.key, attn.value))
+        layer.attention.output.dense = keep(layer.attention.output.dense, rows, 1)
+        attn.num_attention_heads, attn.all_head_size = len(heads), len(rows)
+    if channels is not None:
+        if not len(channels):
+            raise ValueError("a BERT layer needs at least one FFN channel")
+        layer.intermediate.dense = keep(layer.intermediate.dense, channels, 0)
+        layer.output.dense = keep(layer.output.dense, channels, 1)
+
+
+def apply_layer_shapes(model, layer_shapes) -> None:
+    """Give each encoder layer its (heads, intermediate_size); weights are then loaded from the checkpoint."""
+    if not layer_shapes:
+        return
+    layers = find_bert(model).encoder.layer
+    if len(layer_shapes) != len(layers):
+        raise WeightsError(f"the checkpoint declares {len(layer_shapes)} layers, the config builds {len(layers)}")
+    for layer, (heads, channels) in zip(layers, layer_shapes):
+        shrink_layer(layer, range(heads) if heads != layer.attention.self.num_attention_heads else None,
+                     range(channels) if channels != layer.intermediate.dense.out_features else None)
 
 
 def _LogitsOnly(model):
@@ -120,6 +237,4 @@ def tinybert_6l_768d(name):
 @register_model
 def q8bert(name):
     spec = _bert(name, "q8bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-    from dataclasses import replace
-
     return replace(spec, default_precision="int8")

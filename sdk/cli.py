@@ -435,6 +435,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     tun.add_argument("--threads", type=int, help="CPU threads for the runtimes")
     tun.add_argument("--quiet", action="store_true", help="no progress lines")
     tun.set_defaults(func=cmd_tune)
+    from sdk.compress.cli import add_parser as add_compress_parser
+    add_compress_parser(sub)
     return parser, option_dests
 
 

@@ -89,7 +89,7 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
         if reason:
             raise UnsupportedError(f"cannot export {spec.name} to {converter.format} at {resolved}: {reason}")
 
-    with progress.step(f"build {spec.name} ({'random weights' if weights is None else weights})"):
+    with progress.step(f"build {spec.name} ({weights or getattr(spec, 'default_weights', None) or 'random weights'})"):
         module = spec.build(weights=str(weights) if weights else None)
         feeds = spec.sample_inputs()
         data = _Data(feeds, verify.torch_outputs(module, spec.input_names, feeds),
