@@ -68,9 +68,15 @@ def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple])
                                                                           get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    dynamic = precision == "int8-dynamic"
+    dynamic = precision in ("int8-dynamic", "int4-weight")
+    # int4-weight: XNNPACK's 4-bit kernels (qd8-f32-qc4w) take int8 activations quantized per run, as int8-dynamic.
+    weight_range = dict(weight_qmin=-8, weight_qmax=7) if precision == "int4-weight" else {}
     quantizer_cls = _dynamic_quantizer() if dynamic else XNNPACKQuantizer
-    quantizer = quantizer_cls().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, **weight_range)
+    if precision == "int4-weight":  # XNNPACK's 4-bit weights are for linear layers only (not convolutions)
+        quantizer = quantizer_cls().set_module_type(torch.nn.Linear, config)
+    else:
+        quantizer = quantizer_cls().set_global(config)
     # LayerNorm stays float (as in Q8BERT); its rewritten linear means would otherwise be quantized.
     quantizer.set_module_type(rewrites.linear_layernorm_type(), None)
     graph = torch.export.export(quantize_embeddings(module), args).module()
@@ -147,7 +153,7 @@ class ExecuTorchConverter(Converter):
     format = "pte"
     suffix = ".pte"
     description = "ExecuTorch program, XNNPACK-delegated (Android, iOS, Linux)"
-    precisions = ("fp32", "int8-static", "int8-dynamic")
+    precisions = ("fp32", "int8-static", "int8-dynamic", "int4-weight")
     extra = "pte"
     required_modules = ("executorch",)
 
@@ -160,7 +166,7 @@ class ExecuTorchConverter(Converter):
         samples = [tuple(torch.from_numpy(feed[n]) for n in spec.input_names) for feed in calibration]
         lowered_module = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else module
         reference = module
-        if precision.startswith("int8"):
+        if precision.startswith("int"):
             lowered_module = quantize_pt2e(lowered_module, args, precision, samples)
             reference = lowered_module
         meta = json.dumps({"inputs": list(spec.input_names), "outputs": list(spec.output_names),

@@ -10,7 +10,8 @@ Shapes. Static by default (the spec's shapes; ORT plans memory once and folds sh
 
 Precisions. fp32; fp16 (float16 weights and compute, float32 inputs/outputs kept so feeds need no cast);
 int8-dynamic (`quantize_dynamic`, int8 weights of MatMul/Gemm, activations quantized per run: the BERT family's
-recipe); int8-static (`quantize_static`, QDQ, per-channel int8 weights, activation ranges calibrated on the
+recipe); int4-weight (`MatMulNBitsQuantizer`, 4-bit symmetric MatMul/Gemm weights in blocks of 32, float
+activations); int8-static (`quantize_static`, QDQ, per-channel int8 weights, activation ranges calibrated on the
 spec's real sample inputs: the vision families' recipe; `quantize_dynamic` makes conv nets 3-4x slower).
 ORT quantizes the graph itself, so there is no PyTorch model of the quantized network: `Conversion.reference`
 is the fp32 module and the pipeline's two figures (lowering, quantization) are both against fp32.
@@ -46,6 +47,7 @@ ORT_LEVELS = ("basic", "extended", "all")
 # erf are the Transformer ops most sensitive to fp16 range and rounding. On the tiny variants converting them too
 # changed nothing measurable (SQNR vs fp32 62 vs 61 dB, MobileViT); it has not been measured on full-size models.
 FP16_KEEP_FP32 = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Erf"]
+INT4_BLOCK = 32             # MatMulNBits block size: finer blocks, fewer outliers per scale
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -249,11 +251,63 @@ def _quantize(src, dst, precision, calibration, prepared, start) -> dict[str, An
         recipe = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                   "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric, MinMax",
                   "calibration_samples": len(calibration)}
+    elif precision == "int4-weight":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        # MatMulNBits: 4-bit symmetric weights in blocks of 32 along the input dim, dequantized in the kernel;
+        # activations stay float (accuracy_level None). Embedding tables and convolutions stay float.
+        model = onnx.load(str(prepared))
+        gemms = gemm_to_matmul(model)
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
+                                         op_types_to_quantize=("MatMul", "Gather"))
+        quantizer.process()
+        quantized = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in quantizer.model.model.graph.node)
+        if not quantized:
+            raise ConversionError("int4-weight: the graph has no MatMul with constant weights to quantize")
+        quantizer.model.save_model_to_file(str(dst))
+        recipe = {"method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+                  "weights": f"int4 symmetric, blocks of {INT4_BLOCK}", "activations": "float",
+                  "matmuls_quantized": quantized, "gemms_rewritten": gemms}
     else:  # pragma: no cover - guarded by the caller
         raise UnsupportedError(precision)
     recipe["quantize_s"] = round(time.perf_counter() - start, 3)
     recipe["onnxruntime"] = ort.__version__
     return recipe
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite Gemm nodes with a constant weight (what exporters emit for 2-D `nn.Linear`) as MatMul + Add, in
+    place, so MatMulNBitsQuantizer (which takes MatMul only) quantizes those layers too. Returns the count."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in weights or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        name = f"{node.name or node.output[0]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(weight.T.copy() if attrs.get("transB", 0) else weight,
+                                                         f"{name}_weight"))
+        has_bias = len(node.input) > 2 and node.input[2]
+        matmul_out = f"{name}_out" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}_weight"], [matmul_out], name=name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=f"{name}_bias"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    for name in [t.name for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(next(t for t in graph.initializer if t.name == name))
+    onnx.checker.check_model(model)
+    return rewritten
 
 
 def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
@@ -278,7 +332,7 @@ class OnnxConverter(Converter):
     format = "onnx"
     suffix = ".onnx"
     description = "ONNX model for ONNX Runtime (any OS; CPU, CUDA, DirectML, CoreML, NNAPI execution providers)"
-    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic")
+    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
     extra = "onnx"
     required_modules = ("onnx", "onnxscript", "onnxruntime")
     cli_options = (
@@ -317,9 +371,9 @@ class OnnxConverter(Converter):
             if precision == "fp16":
                 details["fp16"] = to_fp16(current, work / "fp16.onnx")
                 current = work / "fp16.onnx"
-            elif precision.startswith("int8"):
-                details["quantization"] = quantize(current, work / "int8.onnx", precision, calibration, work)
-                current = work / "int8.onnx"
+            elif precision.startswith("int"):
+                details["quantization"] = quantize(current, work / "quantized.onnx", precision, calibration, work)
+                current = work / "quantized.onnx"
             if current is not exported:
                 check_model(current)
             if ort_optimize:

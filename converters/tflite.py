@@ -9,6 +9,8 @@ Routes, by precision:
   weights, float activations quantized per run inside the kernels. Works on all four families (litert-torch's
   own PT2E dynamic route does not: on the BERT family the interpreter refuses it, "op EMBEDDING_LOOKUP
   (kernel tflite/kernels/embedding_lookup.cc): zero_point == 0 was not true").
+- int4-weight: ai-edge-quantizer's weight-only recipe on FULLY_CONNECTED: 4-bit per-channel symmetric weights,
+  dequantized for float compute (the file shrinks, the arithmetic stays float).
 - int8-static (calibrated on the spec's real sample inputs), two routes (`static_route`, `--int8-route`):
   - "pt2e" (default for models without embedding tables: the vision families): litert-torch's PT2E quantizer
     (per-channel weights, histogram observers) -> `convert_pt2e` -> `litert_torch.convert`. The quantized
@@ -404,12 +406,19 @@ def _prepare_check(content: bytes, spec, what: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # The converter
 # ----------------------------------------------------------------------------------------------------
+WEIGHT_ROUTES = {  # precisions made by ai-edge-quantizer on the fp32 flatbuffer, weights only
+    "fp16": "float16 weights",
+    "int8-dynamic": "dynamic-range int8 (wi8 afp32)",
+    "int4-weight": "weight-only int4 (FULLY_CONNECTED, per-channel symmetric; dequantized, float compute)",
+}
+
+
 @register_converter
 class TFLiteConverter(Converter):
     format = "tflite"
     suffix = ".tflite"
     description = "LiteRT / TensorFlow Lite flatbuffer, XNNPACK on CPU (Android, iOS, Linux, microcontrollers)"
-    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic")
+    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
     extra = "tflite"
     required_modules = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
     cli_options = (
@@ -443,10 +452,9 @@ class TFLiteConverter(Converter):
         if precision == "fp32":
             content = _litert_convert(work, spec, calibration)
             details["route"] = "litert-torch fp32"
-        elif precision in ("fp16", "int8-dynamic"):
+        elif precision in WEIGHT_ROUTES:
             content = self._aeq_weights(work, spec, calibration, precision)
-            details["route"] = ("litert-torch fp32 -> ai-edge-quantizer "
-                                + ("float16 weights" if precision == "fp16" else "dynamic-range int8 (wi8 afp32)"))
+            details["route"] = f"litert-torch fp32 -> ai-edge-quantizer {WEIGHT_ROUTES[precision]}"
         else:
             route = static_route if static_route != "auto" else ("aeq" if _has_embedding(work) else "pt2e")
             try:
@@ -501,6 +509,9 @@ class TFLiteConverter(Converter):
                 for op in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.EMBEDDING_LOOKUP):
                     q.update_quantization_recipe(regex=".*", operation_name=op, op_config=config,
                                                  algorithm_key="float_casting")
+            elif precision == "int4-weight":
+                q.add_weight_only_config(".*", ops.FULLY_CONNECTED, 4)
+                q.add_dynamic_config(".*", ops.EMBEDDING_LOOKUP, 4)  # hybrid lookup: 4-bit rows, float out
             else:
                 q.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8)
 

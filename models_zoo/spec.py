@@ -150,8 +150,9 @@ class ModelSpec:
         return None
 
     def tolerance(self, precision: str) -> Tolerance:
-        kind = "int8" if precision.startswith("int") else precision
-        return self.tolerances[kind]
+        if precision in self.tolerances:
+            return self.tolerances[precision]
+        return self.tolerances["int8" if precision.startswith("int8") else precision]
 
     def describe(self) -> dict[str, Any]:
         return {

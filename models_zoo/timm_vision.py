@@ -17,6 +17,9 @@ VISION_TOLERANCES = {
     # int8 kernels round (requantise) differently from the PT2E reference simulation: a few output
     # quantisation steps of logits apart. The fp32-vs-int8 bound is the one that guards accuracy.
     "int8": Tolerance(atol=0.5, min_sqnr_db=15.0),
+    # int4-weight: 4-bit linear weights; ONNX and TFLite are checked against fp32 PyTorch (their quantizers
+    # work on the graph), so the bound is the fp32 one, with the SQNR floor guarding accuracy.
+    "int4-weight": Tolerance(atol=1.0, min_sqnr_db=12.0),
 }
 
 

@@ -213,7 +213,7 @@ def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
 def test_unsupported_requests():
     converter = get_converter("tflite")
     spec = get_model(VISION[0], tiny=True)
-    assert "int4-weight" in converter.unsupported_reason(spec, "int4-weight")
+    assert "int2" in converter.unsupported_reason(spec, "int2")
     with pytest.raises(UnsupportedError, match="int8-static only"):
         converter.convert(None, spec, "fp32", [], Path("unused.tflite"), int8_io=True)
     assert converter.artifact_name(int8_io=True) != converter.artifact_name()
