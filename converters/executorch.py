@@ -73,7 +73,9 @@ def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple])
     weight_range = dict(weight_qmin=-8, weight_qmax=7) if precision == "int4-weight" else {}
     quantizer_cls = _dynamic_quantizer() if dynamic else XNNPACKQuantizer
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, **weight_range)
-    if precision == "int4-weight":  # XNNPACK's 4-bit weights are for linear layers only (not convolutions)
+    if dynamic:
+        # Linear layers only (the PRECISIONS definition): XNNPACK's 4-bit weights are for linear layers, and
+        # its dynamically quantized convolutions fail at run time ("propagating input shapes failed").
         quantizer = quantizer_cls().set_module_type(torch.nn.Linear, config)
     else:
         quantizer = quantizer_cls().set_global(config)

@@ -15,8 +15,8 @@ import pkgutil
 import time
 
 from device_runtime import backends as _backends_pkg
-from device_runtime.errors import (BackendUnavailableError, CorruptArtifactError, DTypeError, InputError,
-                                   MissingInputError, ShapeError, UnexpectedInputError, UnknownFormatError)
+from device_runtime.errors import (BackendUnavailableError, CorruptArtifactError, DTypeError, ExecutionError,
+                                   InputError, MissingInputError, ShapeError, UnexpectedInputError, UnknownFormatError)
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError, profile_capabilities
 from device_runtime.registry import BACKENDS, FORMATS, choose_backend, sniff_format
 from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo
@@ -48,4 +48,4 @@ def list_backends() -> dict[str, list[dict]]:
 __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "TensorInfo", "QuantParams",
            "OpProfile", "OpProfileRow", "ProfilerUnavailableError", "profile_capabilities",
            "BenchmarkResult", "LatencyStats", "BackendUnavailableError", "CorruptArtifactError", "DTypeError",
-           "InputError", "MissingInputError", "ShapeError", "UnexpectedInputError", "UnknownFormatError"]
+           "ExecutionError", "InputError", "MissingInputError", "ShapeError", "UnexpectedInputError", "UnknownFormatError"]

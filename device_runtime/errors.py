@@ -13,6 +13,10 @@ class BackendUnavailableError(ImportError):
     """The runtime a backend needs is not installed (or not usable on this platform)."""
 
 
+class ExecutionError(RuntimeError):
+    """The runtime accepted the feed but failed while running the model (a kernel or delegate error)."""
+
+
 class InputError(ValueError):
     """A feed that does not match the model's inputs."""
 

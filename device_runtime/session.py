@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from device_runtime.errors import DTypeError, InputError, MissingInputError, ShapeError, UnexpectedInputError
+from device_runtime.errors import (DTypeError, ExecutionError, InputError, MissingInputError, ShapeError,
+                                   UnexpectedInputError)
 
 if TYPE_CHECKING:
     from device_runtime.profile import OpProfile
@@ -143,7 +144,13 @@ class Session:
             if before:
                 before(self, named)
         start = time.perf_counter()
-        outputs = self._execute(arrays)
+        try:
+            outputs = self._execute(arrays)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise ExecutionError(f"{self.backend} failed while running {self.path}: {type(exc).__name__}: "
+                                 f"{str(exc).strip()[:500]}") from exc
         elapsed = time.perf_counter() - start
         if self.adapt_io:
             outputs = [_dequantize(o, t) for o, t in zip(outputs, self._outputs)]

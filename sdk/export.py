@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from converters import atomic_path, get_converter, resolve_precision
 from converters.base import requested_precision
-from converters.base import UnsupportedError
+from converters.base import ConversionError, UnsupportedError
 from models_zoo import ModelSpec, get_model
 from sdk import verify
 from sdk.progress import Progress
@@ -138,7 +138,11 @@ def _export_one(converter, spec, module, data: _Data, precision, folder, progres
         start = time.perf_counter()
         with progress.step(f"verify {label} on {len(data.feeds)} real samples"):
             session = device_runtime.load(tmp, adapt_io=True)
-            artifact_outputs = [session.run(None, feed) for feed in data.feeds]
+            try:
+                artifact_outputs = [session.run(None, feed) for feed in data.feeds]
+            except device_runtime.ExecutionError as exc:
+                raise ConversionError(f"{label}: the converter wrote an artifact its runtime cannot run ({exc}); "
+                                      f"nothing was written") from exc
             reference_outputs = (data.fp32_outputs if conversion.reference is module else
                                  verify.torch_outputs(conversion.reference, spec.input_names, data.feeds))
             verify.check_spread(reference_outputs, f"{spec.name} ({precision} PyTorch reference)")

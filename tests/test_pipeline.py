@@ -108,3 +108,30 @@ def test_calibration_data_of_the_wrong_kind_is_refused(tmp_path):
         get_model("mobilevit_xxs").feeds_from(str(sentences))
     with pytest.raises(ValueError, match="text file"):
         get_model("q8bert").feeds_from(str(tmp_path))
+
+
+def test_an_artifact_its_runtime_cannot_run_is_a_conversion_error_not_a_crash(tmp_path, monkeypatch):
+    from converters import ConversionError
+    from device_runtime.backends.onnxruntime import OnnxRuntimeSession
+
+    def failing(self, arrays):
+        raise RuntimeError("method->execute() failed with error 0x1")  # what a delegate failure looks like
+
+    monkeypatch.setattr(OnnxRuntimeSession, "_execute", failing)
+    with pytest.raises(ConversionError, match="runtime cannot run.*0x1.*nothing was written"):
+        export("tinybert_4l_312d", "onnx", "fp32", out_dir=tmp_path, tiny=True)
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_session_run_names_the_backend_when_the_runtime_fails(monkeypatch, tmp_path):
+    import device_runtime
+    from device_runtime.backends.onnxruntime import OnnxRuntimeSession
+
+    path = export("tinybert_4l_312d", "onnx", "fp32", out_dir=tmp_path, tiny=True)[0].path
+    session = device_runtime.load(path)
+    feed = session.example_feed()
+    monkeypatch.setattr(OnnxRuntimeSession, "_execute", lambda self, arrays: 1 / 0)
+    with pytest.raises(device_runtime.ExecutionError, match="onnxruntime failed while running .*ZeroDivisionError"):
+        session.run(None, feed)
+    with pytest.raises(device_runtime.MissingInputError):  # feed errors stay what they are
+        session.run(None, {})
