@@ -6,7 +6,9 @@ says which it picked in `Session.info`. A named backend that is unavailable is a
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,21 @@ def register_format(fmt: Format) -> Format:
     FORMATS[fmt.name] = fmt
     BACKENDS.setdefault(fmt.name, [])
     return fmt
+
+
+def module_present(name: str) -> bool:
+    """Whether `name` is importable, without importing it (a module a test put in sys.modules counts)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
+def requires_module(name: str, missing: str) -> Callable[[], str | None]:
+    """A `Backend.available` check: None when module `name` is importable, else the message `missing`."""
+    return lambda: None if module_present(name) else missing
 
 
 def register_backend(backend: Backend) -> Backend:

@@ -457,7 +457,6 @@ def test_ais_bench_adapter_with_a_stand_in(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
     import device_runtime.backends.ascend as ascend
 
-    monkeypatch.setattr(ascend, "_ais_bench_available", lambda: None)
     from device_runtime.registry import BACKENDS, Backend
 
     monkeypatch.setitem(BACKENDS, "om", [Backend("om", "ais_bench", ascend.AisBenchSession, lambda: None)])

@@ -16,7 +16,6 @@ code follows the ais_bench and pyACL APIs and is exercised in tests with stand-i
 """
 from __future__ import annotations
 
-import importlib.util
 import struct
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
-from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
+from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
+                                     requires_module)
 from device_runtime.session import Session, TensorInfo
 
 OM_MAGIC = 0x444F4D49
@@ -79,22 +79,6 @@ def is_om(path: Path) -> bool:
     if len(head) >= 8 and head[:4] == OM_MAGIC_BYTES and struct.unpack_from("<I", head, 4)[0] == OM_HEADER_LEN:
         return True
     return path.suffix.lower() == ".om"  # claim it so loading says what is wrong with it
-
-
-def _ais_bench_available() -> str | None:
-    try:
-        found = importlib.util.find_spec("ais_bench") is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else INSTALL_AIS_BENCH
-
-
-def _acl_available() -> str | None:
-    try:
-        found = importlib.util.find_spec("acl") is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else INSTALL_ACL
 
 
 def _np_dtype(code_or_name) -> np.dtype:
@@ -281,5 +265,5 @@ class AclSession(Session):
 
 
 register_format(Format("om", (".om",), is_om, "Ascend offline model (ATC, CANN)"))
-register_backend(Backend("om", "ais_bench", AisBenchSession, _ais_bench_available, precedence=0))
-register_backend(Backend("om", "acl", AclSession, _acl_available, precedence=1))
+register_backend(Backend("om", "ais_bench", AisBenchSession, requires_module("ais_bench", INSTALL_AIS_BENCH), precedence=0))
+register_backend(Backend("om", "acl", AclSession, requires_module("acl", INSTALL_ACL), precedence=1))

@@ -12,7 +12,6 @@ and handed to Core ML as PIL images. Core ML picks its own threads; `num_threads
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, InputError
-from device_runtime.registry import Backend, Format, register_backend, register_format
+from device_runtime.registry import Backend, Format, module_present, register_backend, register_format
 from device_runtime.session import Session, TensorInfo
 
 NOT_ON_MAC = "Core ML prediction needs macOS (coremltools converts and validates on Linux but cannot run models)"
@@ -47,7 +46,7 @@ def is_mlpackage(path: Path) -> bool:
 def _available() -> str | None:
     if sys.platform != "darwin":
         return NOT_ON_MAC
-    if importlib.util.find_spec("coremltools") is None:
+    if not module_present("coremltools"):
         return "the coremltools package is not installed (pip install 'pocketformer[coreml]')"
     return None
 

@@ -12,7 +12,6 @@ A wheel built without the event tracer records nothing; that is detected and sai
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tempfile
@@ -24,7 +23,8 @@ import numpy as np
 
 from device_runtime.errors import CorruptArtifactError
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError
-from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
+from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
+                                     requires_module)
 from device_runtime.session import Session, TensorInfo
 
 META_METHOD = "pocketformer_meta"
@@ -39,12 +39,6 @@ def is_pte(path: Path) -> bool:
         return False
     head = read_head(path, 8)
     return len(head) == 8 and head[4:6] == b"ET" and head[6:8].isdigit()
-
-
-def _available() -> str | None:
-    if importlib.util.find_spec("executorch") is None:
-        return "the executorch package is not installed (pip install 'pocketformer[pte]')"
-    return None
 
 
 class ExecuTorchSession(Session):
@@ -282,4 +276,5 @@ def build_etdump_profile(events: list[dict[str, Any]], warmup: int, delegates: d
 
 
 register_format(Format("pte", (".pte",), is_pte, "ExecuTorch program"))
-register_backend(Backend("pte", "executorch", ExecuTorchSession, _available))
+register_backend(Backend("pte", "executorch", ExecuTorchSession, requires_module(
+    "executorch", "the executorch package is not installed (pip install 'pocketformer[pte]')")))

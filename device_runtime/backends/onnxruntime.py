@@ -17,7 +17,6 @@ header, or the `.onnx` suffix, identifies the format; whether the rest parses is
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -30,7 +29,8 @@ import numpy as np
 
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
 from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
-from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
+from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
+                                     requires_module)
 from device_runtime.session import Session, TensorInfo
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -77,12 +77,6 @@ def is_onnx(path: Path) -> bool:
     # another format's: a flatbuffer identifier (TFLite "TFL3", ExecuTorch "ET..") or an Ascend .om header.
     foreign = head[4:8] == b"TFL3" or head[4:6] == b"ET" or head[:4] == b"IMOD"
     return path.suffix.lower() == ".onnx" and not foreign
-
-
-def _available() -> str | None:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return "the onnxruntime package is not installed (pip install 'pocketformer[onnx]')"
-    return None
 
 
 class OnnxRuntimeSession(Session):
@@ -244,4 +238,5 @@ def parse_ort_profile(events: list[dict], warmup: int = 0, source: str = "onnxru
 
 
 register_format(Format("onnx", (".onnx",), is_onnx, "ONNX model (protobuf ModelProto)"))
-register_backend(Backend("onnx", "onnxruntime", OnnxRuntimeSession, _available))
+register_backend(Backend("onnx", "onnxruntime", OnnxRuntimeSession, requires_module(
+    "onnxruntime", "the onnxruntime package is not installed (pip install 'pocketformer[onnx]')")))

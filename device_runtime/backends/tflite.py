@@ -15,7 +15,6 @@ This module imports numpy and the interpreter only; never torch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import mmap
 import os
@@ -28,6 +27,7 @@ import numpy as np
 
 from device_runtime.errors import CorruptArtifactError, InputError
 from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
+from device_runtime.registry import module_present as _module_present  # tests replace this name
 from device_runtime.session import QuantParams, Session, TensorInfo
 
 FILE_IDENTIFIER = b"TFL3"
@@ -359,15 +359,6 @@ def is_tflite(path: Path) -> bool:
         return False
     head = read_head(path, 8)
     return len(head) == 8 and head[4:8] == FILE_IDENTIFIER
-
-
-def _module_present(name: str) -> bool:
-    if name in sys.modules:  # also a module injected by a test, which has no import spec
-        return sys.modules[name] is not None
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 _RUNTIMES = {
