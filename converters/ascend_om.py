@@ -22,8 +22,13 @@ Precision. ATC decides the arithmetic on the NPU with --precision_mode; the Pock
 - fp32 (default mode `must_keep_origin_dtype`): every operator keeps the ONNX's fp32; ATC fails to compile
   where a SoC has no fp32 kernel for an operator (e.g. Conv/MatMul cubes on Ascend310). For accuracy-critical
   use on SoCs with fp32 cubes (Ascend910B); slower. `force_fp32` is also fp32-class.
-A mode of the other class is refused, so the label in report.json says what the device computes. int8 on
-Ascend needs AMCT calibration (amct_onnx), which this converter does not run.
+A mode of the other class is refused, so the label in report.json says what the device computes.
+- int8-static: AMCT (amct_onnx, from CANN) calibrates the ATC-ready ONNX on the spec's real samples (or
+  `--calibration`) and writes a deploy model that ATC compiles with int8 cube operators; the precision mode
+  then sets what the unquantized operators compute in. Where AMCT is importable it runs here and its
+  fake-quant model is checked against PyTorch on ONNX Runtime before ATC; with `--atc-script` the folder gets
+  the calibration feeds (`calibration.npz`) and `amct_calibrate.py`, which `atc.sh` runs first on the CANN
+  host. Ascend has no dynamic activation quantization, so int8-dynamic (the BERT family's `int8`) is refused.
 
 Nothing here has CANN or an Ascend device: no `.om` is produced or run on this host, and no test claims one.
 """
@@ -67,7 +72,9 @@ PRECISION_MODES = {
     "must_keep_origin_dtype": "fp32", "force_fp32": "fp32",
     "allow_mix_precision_bf16": "bf16", "allow_fp32_to_bf16": "bf16",
 }
-DEFAULT_PRECISION_MODE = {"fp16": "allow_fp32_to_fp16", "fp32": "must_keep_origin_dtype"}
+DEFAULT_PRECISION_MODE = {"fp16": "allow_fp32_to_fp16", "fp32": "must_keep_origin_dtype",
+                          "int8-static": "allow_fp32_to_fp16"}  # int8: the mode is for the unquantized ops
+AMCT_PREFIX = "amct/model"  # amct_calibrate writes amct/model_deploy_model.onnx for ATC
 INPUT_FORMATS = ("NCHW", "ND", "NCDHW")  # ONNX models; NHWC is TensorFlow-only in ATC
 LOG_LEVELS = ("debug", "info", "warning", "error", "null")
 MIN_PROFILES, MAX_PROFILES = 2, 100  # ATC's limits on --dynamic_batch_size / --dynamic_dims profiles (E10035/6)
@@ -385,6 +392,13 @@ def aipp_reference(image_u8: np.ndarray, config: str) -> np.ndarray:
 
 
 # -- running atc ---------------------------------------------------------------------------------------
+def amct_available() -> bool:
+    """Whether AMCT for ONNX (`amct_onnx`, shipped with the CANN toolkit) is importable here."""
+    from device_runtime.registry import module_present
+
+    return module_present("amct_onnx")
+
+
 def find_atc() -> str | None:
     """The atc executable: on PATH, else under $ASCEND_TOOLKIT_HOME (bin/, compiler/bin/)."""
     found = shutil.which("atc")
@@ -485,7 +499,7 @@ class AscendOmConverter(Converter):
     format = "om"
     suffix = ".om"
     description = "Ascend offline model via ATC (CANN) for Huawei Ascend NPUs; --atc-script for hosts without CANN"
-    precisions = ("fp16", "fp32")
+    precisions = ("fp16", "fp32", "int8-static")
     extra = "om"
     required_modules = ("onnx", "onnxruntime")
     cli_options = (
@@ -530,12 +544,16 @@ class AscendOmConverter(Converter):
         return None
 
     def unsupported_reason(self, spec, precision: str, atc_script: bool = False, **options) -> str | None:
-        if precision.startswith("int8"):
-            return ("int8 Ascend models need AMCT calibration (amct_onnx) before ATC, which Pocketformer does not "
-                    "run; export --precision fp16 (ATC allow_fp32_to_fp16) or fp32")
+        if precision == "int8-dynamic":
+            return ("Ascend has no dynamic activation quantization: its int8 is static, calibrated with AMCT "
+                    "(--precision int8-static)")
         reason = super().unsupported_reason(spec, precision)
         if reason:
             return reason
+        if precision == "int8-static" and not atc_script and not amct_available():
+            return ("int8-static on Ascend needs AMCT (amct_onnx, from the CANN toolkit) to calibrate, and it is not "
+                    "importable here; add --atc-script to write a folder that calibrates on the real samples and "
+                    "converts on a CANN host")
         if not atc_script and find_atc() is None:
             return ("no CANN toolkit here: `atc` is not on PATH and ASCEND_TOOLKIT_HOME is not set; add --atc-script "
                     "to write the ATC-ready ONNX and the exact atc command as a folder to run on a CANN host")
@@ -560,7 +578,7 @@ class AscendOmConverter(Converter):
         mode = precision_mode or DEFAULT_PRECISION_MODE[precision]
         if mode not in PRECISION_MODES:
             raise AtcOptionError(f"unknown --precision_mode {mode!r}; one of {', '.join(PRECISION_MODES)}")
-        if PRECISION_MODES[mode] != precision:
+        if PRECISION_MODES[mode] != precision and not (precision == "int8-static" and PRECISION_MODES[mode] != "bf16"):
             computes = PRECISION_MODES[mode]
             raise AtcOptionError(f"--precision_mode {mode} computes in {computes}, but --precision is {precision}: "
                                  + ("use --precision fp16" if computes == "fp16" else
@@ -623,12 +641,22 @@ class AscendOmConverter(Converter):
             if plan.aipp:
                 aipp_path = folder / "aipp.cfg"
                 aipp_path.write_text(aipp_config(spec.preprocessing()))
+            atc_model = "model.onnx"
+            if precision == "int8-static":
+                atc_model = f"{AMCT_PREFIX}_deploy_model.onnx"
+                inputs = set(spec.input_names)
+                np.savez(folder / "calibration.npz", **{f"{i}/{n}": a for i, feed in enumerate(calibration)
+                                                       for n, a in feed.items() if n in inputs})
+                shutil.copyfile(Path(__file__).with_name("amct_calibrate.py"), folder / "amct_calibrate.py")
+                details["amct"] = ({"ran": False, "calibration_samples": len(calibration),
+                                    "command": f"python3 amct_calibrate.py model.onnx calibration.npz {AMCT_PREFIX}"}
+                                   if atc_script else self._amct(module, spec, calibration, folder))
             if atc_script:
-                options_rel = plan.atc_options(spec, "model.onnx", "model", "aipp.cfg" if aipp_path else None)
+                options_rel = plan.atc_options(spec, atc_model, "model", "aipp.cfg" if aipp_path else None)
                 self._write_script_folder(folder, spec, precision, plan, options_rel, details)
                 details["atc"] = {"command": options_rel.shell(), "ran": False, "om_produced": False}
                 return Conversion(path, module, details)
-            atc_options = plan.atc_options(spec, str(onnx_path), str(folder / "model"),
+            atc_options = plan.atc_options(spec, str(folder / atc_model), str(folder / "model"),
                                            str(aipp_path) if aipp_path else None)
             start = time.perf_counter()
             log_path = folder / "atc.log"
@@ -645,6 +673,26 @@ class AscendOmConverter(Converter):
                               "warnings": translate_atc_log(log_path.read_text())}
             os.replace(produced, path)
         return Conversion(path, module, details)
+
+    def _amct(self, module, spec, calibration, folder: Path) -> dict[str, Any]:
+        """AMCT calibration here (amct_onnx importable); its fake-quant model must meet the int8 SQNR floor."""
+        import amct_onnx as amct
+
+        from converters import amct_calibrate
+        from converters import onnx as onnx_conv
+        from sdk import verify
+
+        start = time.perf_counter()
+        feeds = [{n: f[n] for n in spec.input_names} for f in calibration]
+        paths = amct_calibrate.calibrate(amct, folder / "model.onnx", feeds, folder / AMCT_PREFIX)
+        agreement = onnx_conv.agreement(verify.torch_outputs(module, spec.input_names, feeds),
+                                        amct_calibrate.fake_quant_outputs(amct, paths["fake_quant"], feeds))
+        floor = spec.tolerance("int8-static").min_sqnr_db
+        if not agreement["sqnr_db"] >= floor:
+            raise ConversionError(f"AMCT's int8 simulation of {spec.name} is {agreement['sqnr_db']:.1f} dB from fp32 "
+                                  f"PyTorch (floor {floor} dB): not compiled")
+        return {"ran": True, "tool": "amct_onnx", "calibration_samples": len(feeds),
+                "fake_quant_vs_fp32": agreement, "amct_s": round(time.perf_counter() - start, 1)}
 
     def _onnx_parity(self, module, spec, calibration, onnx_path: Path, plan: _Plan) -> dict[str, Any]:
         """The ATC-ready ONNX on ONNX Runtime vs PyTorch: the real samples, and each checked profile."""
@@ -682,6 +730,8 @@ class AscendOmConverter(Converter):
     def _write_script_folder(self, folder: Path, spec, precision: str, plan: _Plan, options: AtcOptions,
                              details: dict[str, Any]) -> None:
         command = options.shell()
+        calibrate = (f"# int8: AMCT calibration on the real samples first (writes {AMCT_PREFIX}_deploy_model.onnx)\n"
+                     f"{details['amct']['command']}\n") if precision == "int8-static" else ""
         script = f"""#!/usr/bin/env bash
 # Generated by Pocketformer for {spec.name} ({precision}, --precision_mode={plan.precision_mode}).
 # Converts model.onnx into model.om with ATC. Run it on a host with Huawei's CANN toolkit.
@@ -696,7 +746,7 @@ if ! command -v atc >/dev/null 2>&1; then
     exit 127
   fi
 fi
-{command} 2>&1 | tee atc.log
+{calibrate}{command} 2>&1 | tee atc.log
 echo "wrote $(pwd)/model.om"
 """
         (folder / "atc.sh").write_text(script)
@@ -711,12 +761,17 @@ echo "wrote $(pwd)/model.om"
         aipp_note = ("\n`aipp.cfg` makes the .om take an RGB uint8 image (HWC, already resized and centre-cropped to "
                      f"{spec.preprocessing()['size']}) and normalise it on the AI Core.\n" if plan.aipp else "")
         aipp_row = "\n| `aipp.cfg` | AIPP image preprocessing (--insert_op_conf) |" if plan.aipp else ""
+        amct_rows = ("\n| `amct_calibrate.py` | int8: AMCT calibration (needs amct_onnx from CANN); `atc.sh` runs it "
+                     "first and ATC compiles its deploy model |\n| `calibration.npz` | the calibration feeds "
+                     f"({details['amct']['calibration_samples']} real samples) |") if precision == "int8-static" else ""
         n_ops = len(details["atc_onnx"]["precheck"]["ops"])
         where = " and every checked profile" if "profiles" in parity else ""
         tradeoff = ("fp16 where the AI Core lacks an fp32 kernel: fast, ~1e-3 relative error"
                     if PRECISION_MODES[plan.precision_mode] == "fp16" else
                     "keeps fp32 everywhere: exact but slower, and fails to compile where the SoC has no fp32 kernel, "
                     "e.g. the Ascend310 cube units")
+        int8_note = ("int8 cube operators from AMCT's calibration (run by `atc.sh` before ATC: it needs amct_onnx); for "
+                     "the rest, " if precision == "int8-static" else "")
         readme = f"""# {spec.name} for Ascend ({plan.soc_version}), prepared by Pocketformer
 
 This folder holds everything ATC needs to build `model.om`; no `.om` was built where it was written (`--atc-script`).
@@ -725,7 +780,7 @@ This folder holds everything ATC needs to build `model.om`; no `.om` was built w
 |---|---|
 | `model.onnx` | the ATC-ready ONNX: opset {plan.opset}, TorchScript exporter, eager attention |
 | `atc.sh` | the exact atc command; run `./atc.sh` on a CANN host, it writes `model.om` and `atc.log` |
-| `atc_job.json` | inputs, outputs, preprocessing, the command as argv, the pre-check and parity figures |{aipp_row}
+| `atc_job.json` | inputs, outputs, preprocessing, the command as argv, the pre-check and parity figures |{aipp_row}{amct_rows}
 
 Command:
 
@@ -734,7 +789,7 @@ Command:
 - Inputs: {shapes} (`-1` = chosen per run among the compiled profiles).
 - Operator pre-check against ATC's ONNX operator table: passed ({n_ops} operator types).
 - The ONNX matches PyTorch on ONNX Runtime: max abs error {parity['max_abs_err']:.2g} on the real samples{where}.
-- Precision: `--precision_mode={plan.precision_mode}` ({tradeoff}).
+- Precision: {int8_note}`--precision_mode={plan.precision_mode}` ({tradeoff}).
 {aipp_note}
 Check the result on the NPU host: `pocketformer run model.om` (needs ais_bench or pyACL), or
 `python -m ais_bench --model model.om`. On failure, `atc.log` carries ATC's error codes (E19010: an operator

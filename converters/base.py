@@ -94,9 +94,9 @@ class Converter:
         return None
 
     def missing_toolchain(self) -> str | None:
-        import importlib.util
+        from device_runtime.registry import module_present
 
-        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.required_modules if not module_present(m)]
         if missing:
             return f"{', '.join(missing)} not installed (pip install 'pocketformer[{self.extra}]')"
         return None

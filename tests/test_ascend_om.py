@@ -390,6 +390,81 @@ def test_pipeline_atc_script_folder(no_cann, tmp_path):
     assert result.passed is None and "no .om is produced" in result.parity["skipped"]
 
 
+# -- int8: AMCT calibration (a stand-in amct_onnx that copies the model: it checks our flow, not AMCT) ------
+FAKE_AMCT = """
+import json, shutil
+AMCT_SO = None  # onnxruntime.InferenceSession(path, None): default options
+def create_quant_config(config_file, model_file, skip_layers, batch_num, activation_offset, config_defination):
+    json.dump({"batch_num": batch_num}, open(config_file, "w"))
+def quantize_model(config_file, model_file, modified_onnx_file, record_file):
+    shutil.copyfile(model_file, modified_onnx_file)
+    open(record_file, "w").write("")
+def save_model(modified_onnx_file, record_file, save_path):
+    for kind in ("deploy", "fake_quant"):
+        shutil.copyfile(modified_onnx_file, save_path + "_" + kind + "_model.onnx")
+"""
+
+
+def _fake_amct(root: Path) -> Path:
+    (root / "amct_onnx").mkdir(parents=True)
+    (root / "amct_onnx" / "__init__.py").write_text(FAKE_AMCT)
+    return root
+
+
+def test_int8_is_static_and_needs_amct(built, no_cann):
+    _, spec, _ = built(VISION)
+    assert "int8-static" in CONVERTER.unsupported_reason(spec, "int8-dynamic")
+    reason = CONVERTER.unsupported_reason(spec, "int8-static")
+    assert "amct_onnx" in reason and "--atc-script" in reason
+    assert CONVERTER.unsupported_reason(spec, "int8-static", atc_script=True) is None
+
+
+def test_int8_atc_script_folder_calibrates_with_amct_before_atc(no_cann, tmp_path):
+    from sdk.export import export
+
+    spec = get_model(VISION, tiny=True)
+    result = export(VISION, "om", "int8-static", out_dir=tmp_path, tiny=True, atc_script=True, soc_version=SOC)[0]
+    folder = result.path
+    script = (folder / "atc.sh").read_text()
+    calibrate = script.index("python3 amct_calibrate.py model.onnx calibration.npz amct/model")
+    assert calibrate < script.index("--model=amct/model_deploy_model.onnx")
+    assert result.details["amct"] == {"ran": False, "calibration_samples": len(spec.sample_inputs()),
+                                      "command": "python3 amct_calibrate.py model.onnx calibration.npz amct/model"}
+    with np.load(folder / "calibration.npz") as data:
+        np.testing.assert_array_equal(data[f"0/{spec.input_names[0]}"], spec.sample_inputs()[0][spec.input_names[0]])
+    assert "amct_calibrate.py" in (folder / "README.md").read_text()
+
+    env = {**os.environ, "PYTHONPATH": ""}
+    run = [sys.executable, "amct_calibrate.py", "model.onnx", "calibration.npz", "amct/model"]
+    missing = subprocess.run(run, cwd=folder, env=env, capture_output=True, text=True)
+    assert missing.returncode == 127 and "amct_onnx is not importable" in missing.stderr
+    env["PYTHONPATH"] = str(_fake_amct(tmp_path / "fake"))
+    done = subprocess.run(run, cwd=folder, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "amct" / "model_deploy_model.onnx").is_file()
+    config = json.loads((folder / "amct" / "amct_tmp" / "config.json").read_text())
+    assert config["batch_num"] == len(spec.sample_inputs())
+
+
+def test_int8_with_amct_here_checks_its_simulation_then_runs_atc(built, tmp_path, monkeypatch):
+    argv_file = tmp_path / "argv"
+    _fake_atc(tmp_path / "bin", f'echo "$@" > {argv_file}\nfor a in "$@"; do case $a in --output=*) '
+                                f'touch "${{a#--output=}}.om";; esac; done\nexit 0\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.syspath_prepend(str(_fake_amct(tmp_path / "fake")))
+    module, spec, feeds = built(VISION)
+    try:
+        assert CONVERTER.unsupported_reason(spec, "int8-static") is None
+        conversion = CONVERTER.convert(module, spec, "int8-static", feeds, tmp_path / "out" / "model.om",
+                                       soc_version=SOC)
+    finally:
+        sys.modules.pop("amct_onnx", None)
+    amct = conversion.details["amct"]
+    assert amct["ran"] and amct["calibration_samples"] == len(feeds)
+    assert amct["fake_quant_vs_fp32"]["max_abs_err"] < 1e-4  # the stand-in does not quantize
+    assert "_deploy_model.onnx" in argv_file.read_text() and conversion.path.is_file()
+
+
 # -- the OM runtime backend (no .om exists here: fake headers and stand-in runtimes) -------------------
 def _fake_om(path: Path, payload: bytes = b"\0" * 32, length: int | None = None, name: bytes = b"fake") -> Path:
     header = bytearray(OM_HEADER_LEN)
