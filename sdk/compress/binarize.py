@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from models_zoo.bert import find_bert
-from sdk.compress.core import (CompressResult, DistillLoss, TrainConfig, agreement, base_report, frozen_copy,
-                               get_corpus, log_fn, measure, outputs, resolve, train)
+from sdk.compress.core import (CompressResult, TrainConfig, base_report, frozen_copy, get_corpus, measure, outputs,
+                               recover, resolve)
 
 SCOPES = ("all", "ffn", "attention")
 
@@ -135,13 +135,9 @@ def binarize(model, *, weights: str | None = None, tiny: bool = False, scope: st
     student = binarize_model(teacher, scope)
     for p in student.parameters():
         p.requires_grad_(True)
-    classifier = spec.task.endswith("classification")
     heldout = list(corpus.heldout[:eval_sentences])
     reference = outputs(teacher, spec, heldout)
-    untrained = agreement(reference, outputs(student, spec, heldout), classifier)
-    layers = len(find_bert(student).encoder.layer)
-    loss = DistillLoss(1, 1, list(range(1, layers + 1)), classifier, attention=True)
-    history = train(student, teacher, spec, corpus, config, loss, log=log_fn(verbose))
+    untrained, history = recover(student, teacher, spec, corpus, config, heldout, reference, verbose=verbose)
     names = sorted(binary_layers(student))
     from sdk.compress.quant import snap
 

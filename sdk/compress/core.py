@@ -273,6 +273,19 @@ def train(student, teacher, spec, corpus: Corpus, config: TrainConfig, loss: Dis
 
 
 # -- measuring --------------------------------------------------------------------------------------
+def recover(student, teacher, spec, corpus: Corpus, config: TrainConfig, heldout: Sequence[str], reference,
+            *, attention: bool = True, after_step: Callable[[], None] | None = None, eval_spec=None,
+            verbose: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """Score a compressed `student` against the teacher's `reference` outputs on `heldout`, then self-distil it
+    back towards `teacher` (every layer's hidden states, and attention maps when `attention`) for
+    `config.steps` steps. Returns (the score before training, the loss history)."""
+    classifier = spec.task.endswith("classification")
+    before = agreement(reference, outputs(student, eval_spec or spec, heldout), classifier)
+    layers = len(find_bert(student).encoder.layer)
+    loss = DistillLoss(1, 1, list(range(1, layers + 1)), classifier, attention=attention)
+    return before, train(student, teacher, spec, corpus, config, loss, after_step=after_step, log=log_fn(verbose))
+
+
 def outputs(module, spec, sentences: Sequence[str], batch_size: int = 32, max_len: int = EVAL_LEN) -> np.ndarray:
     """The module's output (sentence embedding or logits) for each sentence, stacked (n, width)."""
     import torch

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from models_zoo.bert import find_bert, shrink_layer
-from sdk.compress.core import (CompressResult, DistillLoss, TrainConfig, agreement, base_report, batches,
-                               frozen_copy, get_corpus, log_fn, measure, outputs, resolve, to_tensors, train)
+from sdk.compress.core import (CompressResult, TrainConfig, base_report, batches, frozen_copy, get_corpus, log_fn,
+                               measure, outputs, recover, resolve, to_tensors)
 
 
 def encoder_linears(module) -> dict[str, Any]:
@@ -83,14 +83,10 @@ def prune_magnitude(model, sparsity: float = 0.5, *, weights: str | None = None,
         p.requires_grad_(True)
     masks = magnitude_masks(student, sparsity, scope)
     apply_masks(student, masks)
-    classifier = spec.task.endswith("classification")
     heldout = list(corpus.heldout[:eval_sentences])
     reference = outputs(teacher, spec, heldout)
-    before_training = agreement(reference, outputs(student, spec, heldout), classifier)
-    layers = len(find_bert(student).encoder.layer)
-    loss = DistillLoss(1, 1, list(range(1, layers + 1)), classifier, attention=True)
-    history = train(student, teacher, spec, corpus, config, loss, after_step=lambda: apply_masks(student, masks),
-                    log=log_fn(verbose))
+    before_training, history = recover(student, teacher, spec, corpus, config, heldout, reference,
+                                       after_step=lambda: apply_masks(student, masks), verbose=verbose)
     student.pocketformer_weights = {"source": "pruned", "teacher": spec.name}
 
     per_layer = sparsity_report(student)
@@ -216,12 +212,11 @@ def prune_structured(model, heads: float = 0.25, ffn: float = 0.25, *, weights: 
     from sdk.compress.core import architecture_of
 
     s_spec = spec.with_architecture(architecture_of(student, spec))
-    classifier = spec.task.endswith("classification")
     heldout = list(corpus.heldout[:eval_sentences])
     reference = outputs(teacher, spec, heldout)
-    after_pruning = agreement(reference, outputs(student, s_spec, heldout), classifier)
-    loss = DistillLoss(1, 1, list(range(1, len(layers) + 1)), classifier, attention=False)
-    history = train(student, teacher, spec, corpus, config, loss, log=log)
+    # no attention loss: the pruned layers have fewer heads than the teacher's
+    after_pruning, history = recover(student, teacher, spec, corpus, config, heldout, reference, attention=False,
+                                     eval_spec=s_spec, verbose=verbose)
 
     report = base_report("prune-structured", spec, teacher, corpus, {
         "heads": heads, "ffn": ffn, "criterion": criterion, "rounds": rounds,
