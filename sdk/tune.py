@@ -130,9 +130,34 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         document["bench"] = str(folder / "bench_tune.json")
         if eager_row:
             document["eager_p50_ms"] = eager_row["latency"]["p50"]
+            document["pick"]["x_eager"] = best["p50_ms"] / eager_row["latency"]["p50"]
+        with progress.step("roofline bound of the pick"):
+            document["roofline"] = roofline_of(spec, best, weights, threads)
     write_json_atomic(folder / TUNE_NAME, document)
     document["path"] = str(folder / TUNE_NAME)
     return document
+
+
+def roofline_of(spec, pick: dict[str, Any], weights: str | None, threads: int | None) -> dict[str, Any]:
+    """How close the pick runs to this CPU's roofline: FLOPs and unfused memory traffic of one inference
+    against peak compute (at the pick's precision) and measured copy bandwidth."""
+    from sdk.analysis import analyze_model, cpu_roofline, roofline_bound
+
+    try:
+        row = analyze_model(spec, weights=weights)
+        roofline = cpu_roofline(threads=threads, measure=True)
+    except Exception as exc:  # the pick stands without it; say why the figure is missing
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    bound = roofline_bound(row["flops"], row["mac_bytes"], roofline, pick["precision"])
+    out = {"gflops": row["gflops"], "mac_mb": row["mac_bytes"] / 1e6, "cpu": roofline["cpu"],
+           "cores": roofline["cores"], "peak_gops": roofline["peak_int8_gops" if pick["precision"].startswith("int8")
+                                                             else "peak_fp32_gflops"],
+           "measured_fp32_matmul_gflops": roofline.get("measured_fp32_matmul_gflops"),
+           "bandwidth_gbs": roofline.get("bandwidth_gbs"), **bound}
+    if bound.get("roofline_ms"):
+        out["fraction_of_roofline"] = bound["roofline_ms"] / pick["p50_ms"]
+        out["achieved_gops"] = row["flops"] / (pick["p50_ms"] * 1e-3) / 1e9
+    return out
 
 
 def EagerSession(spec, weights: str | None = None, threads: int | None = None):
@@ -188,6 +213,14 @@ def format_tune(document: dict[str, Any]) -> str:
                      f"  [{c['backend']}]")
     if document.get("eager_p50_ms"):
         lines.append(f"  {'eager PyTorch (reference)':<22}{document['eager_p50_ms']:>9.3f} ms p50")
+    roof = document.get("roofline") or {}
+    if roof.get("fraction_of_roofline"):
+        lines.append(f"  roofline: {roof['gflops']:.2f} GFLOP, {roof['mac_mb']:.0f} MB moved (unfused) -> "
+                     f"{roof['roofline_ms']:.2f} ms bound ({roof['bound_by']}); the pick runs at "
+                     f"{roof['fraction_of_roofline']:.0%} of it, {roof['achieved_gops']:.0f} GOP/s of "
+                     f"{roof['peak_gops']:.0f} peak")
+    elif roof.get("error"):
+        lines.append(f"  roofline: not computed ({roof['error'][:160]})")
     for r in document.get("rejected", []):
         lines.append(f"  dropped {r['format']} {r['precision']}: {r['reason'][:200]}")
     for s in document.get("skipped", []):
