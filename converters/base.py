@@ -23,8 +23,8 @@ PRECISIONS = {
     "int8-static": "int8 weights and activations, activation ranges calibrated on real sample inputs",
     "int8-dynamic": "int8 weights; activations quantized per run from their observed range (linear layers)",
     "int4-weight": "4-bit weights of the linear layers (and embedding tables where the format looks them up "
-                   "quantized), float activations; ExecuTorch's XNNPACK kernels quantize those layers' inputs "
-                   "to int8 per run, as int8-dynamic",
+                   "quantized), float activations; the XNNPACK 4-bit kernels (ExecuTorch, LiteRT) quantize those "
+                   "layers' inputs to int8 per run, as int8-dynamic",
 }
 
 
