@@ -456,6 +456,10 @@ def _tune_sections(tunes: list[dict[str, Any]], html_path: Path) -> list[dict[st
             if pick and c["path"] == pick["path"]:
                 highlight.add(i)
         eager = f"; PyTorch eager in the same rounds: {t['eager_p50_ms']:.3f} ms" if t.get("eager_p50_ms") else ""
+        roof = t.get("roofline") or {}
+        if roof.get("fraction_of_peak"):
+            eager += (f". It computes {roof['gflops']:.2f} GFLOP at {roof['achieved_gops']:.0f} GOP/s: "
+                      f"{roof['fraction_of_peak']:.0%} of this CPU's peak at its precision ({roof['peak_gops']:.0f})")
         if pick:
             link = os.path.relpath(pick["link"], html_path.parent.resolve()) if Path(pick["link"]).is_absolute() \
                 else pick["link"]

@@ -62,6 +62,7 @@ def test_flops_come_from_the_analysis_and_the_pick_is_linked(run_dir):
     link = re.search(r"Fastest verified artifact of mobilevit_xxs-tiny: <b>onnx fp32</b>.*?href='([^']+)'", page)
     picked = (run_dir / "tune/mobilevit_xxs-tiny/fp32/model.onnx").resolve()
     assert link and (run_dir / link.group(1)).resolve() == picked
+    assert re.search(r"GOP/s: \d+% of this CPU(&#x27;|')s peak", page)  # the pick against the roofline
 
 
 def test_slowest_artifact_profile_is_shown(run_dir):
