@@ -28,6 +28,18 @@ PRECISIONS = {
 }
 
 
+INT4_BLOCK = 32  # 4-bit weights in blocks of 32 input channels: what XNNPACK's blockwise kernels take
+
+
+def int4_blocks_fit(module) -> bool:
+    """Whether every linear layer's input width is a multiple of INT4_BLOCK, so 4-bit weights can go in blocks
+    (per channel loses too much: all-MiniLM-L6-v2 7.8 dB SQNR per channel against 11.1 in blocks, ExecuTorch)."""
+    import torch
+
+    widths = [m.in_features for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    return bool(widths) and all(w % INT4_BLOCK == 0 for w in widths)
+
+
 class ConversionError(RuntimeError):
     """The toolchain could not turn the model into the artifact (an op it cannot lower, a crash)."""
 

@@ -13,7 +13,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from converters.base import Conversion, ConversionError, Converter, register_converter, write_bytes_atomic
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, int4_blocks_fit, register_converter,
+                             write_bytes_atomic)
 from converters import rewrites
 
 META_METHOD = "pocketformer_meta"  # read back by device_runtime.backends.executorch
@@ -61,15 +62,34 @@ def quantize_embeddings(model):
     return model
 
 
+def int4_in_blocks(module):
+    """4-bit linear weights in blocks of INT4_BLOCK input channels, activations quantized to int8 per run
+    (torchao's 8da4w, which XNNPACK lowers to its blockwise kernels); LayerNorm's linear means stay float."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    layernorm = rewrites.linear_layernorm_type()
+    module = copy.deepcopy(module)  # quantize_ works in place
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                            weight_granularity=PerGroup(INT4_BLOCK)),
+              filter_fn=lambda m, _: isinstance(m, torch.nn.Linear) and not isinstance(m, layernorm))
+    return quantize_embeddings(module)
+
+
 def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple]):
     """The quantized PyTorch model (simulated quantization): the reference the int8 artifact must match."""
     import torch
+
+    if precision == "int4-weight" and int4_blocks_fit(module):
+        return int4_in_blocks(module)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                           get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     dynamic = precision in ("int8-dynamic", "int4-weight")
-    # int4-weight: XNNPACK's 4-bit kernels (qd8-f32-qc4w) take int8 activations quantized per run, as int8-dynamic.
+    # int4-weight per channel (widths that blocks do not fit): XNNPACK's qd8-f32-qc4w kernels, which take int8
+    # activations quantized per run, as int8-dynamic.
     weight_range = dict(weight_qmin=-8, weight_qmax=7) if precision == "int4-weight" else {}
     quantizer_cls = _dynamic_quantizer() if dynamic else XNNPACKQuantizer
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, **weight_range)
@@ -185,4 +205,7 @@ class ExecuTorchConverter(Converter):
             raise ConversionError(f"ExecuTorch could not lower {spec.name} ({precision}): "
                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
         write_bytes_atomic(path, program.buffer)
-        return Conversion(path, reference, {"delegation": delegation, "rewrites": rewrite})
+        details = {"delegation": delegation, "rewrites": rewrite}
+        if precision == "int4-weight":
+            details["int4_granularity"] = f"blocks of {INT4_BLOCK}" if int4_blocks_fit(module) else "per channel"
+        return Conversion(path, reference, details)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import Conversion, ConversionError, Converter, UnsupportedError, register_converter
+from converters.base import INT4_BLOCK, Conversion, ConversionError, Converter, UnsupportedError, register_converter
 from converters import rewrites
 
 DEFAULT_OPSET = 18          # the dynamo exporter's floor; LayerNormalization (17) stays one node
@@ -47,7 +47,6 @@ ORT_LEVELS = ("basic", "extended", "all")
 # erf are the Transformer ops most sensitive to fp16 range and rounding. On the tiny variants converting them too
 # changed nothing measurable (SQNR vs fp32 62 vs 61 dB, MobileViT); it has not been measured on full-size models.
 FP16_KEEP_FP32 = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Erf"]
-INT4_BLOCK = 32             # MatMulNBits block size: finer blocks, fewer outliers per scale
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import (Conversion, ConversionError, Converter, UnsupportedError, register_converter,
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, UnsupportedError, int4_blocks_fit,
+                             register_converter,
                              write_bytes_atomic)
 
 # A masked attention score is pushed this many units below the lowest unmasked score seen in calibration:
@@ -408,12 +409,9 @@ def _prepare_check(content: bytes, spec, what: str) -> None:
 # The converter
 # ----------------------------------------------------------------------------------------------------
 def int4_granularity(module) -> str:
-    """Blocks of 32 input channels when every linear layer's input width allows them (per-channel 4-bit loses
-    too much: 6.5 dB SQNR against 9.2 on all-MiniLM-L6-v2), else per channel (MobileViT has 80-wide layers)."""
-    import torch
-
-    widths = [m.in_features for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    return "BLOCKWISE_32" if widths and all(w % 32 == 0 for w in widths) else "CHANNELWISE"
+    """Blocks of 32 input channels where every linear width allows them (all-MiniLM-L6-v2: 9.2 dB SQNR against
+    6.5 per channel), else per channel (MobileViT has 80-wide layers)."""
+    return f"BLOCKWISE_{INT4_BLOCK}" if int4_blocks_fit(module) else "CHANNELWISE"
 
 
 WEIGHT_ROUTES = {  # precisions made by ai-edge-quantizer on the fp32 flatbuffer, weights only

@@ -35,6 +35,8 @@ def test_int4_weight_is_4bit_verified_and_smaller(export_tiny, fmt, name):
         assert ("com.microsoft:GatherBlockQuantized" in ops) == (spec.family != "mobilevit")
     if fmt == "pte":
         assert result.details["delegation"]["partitions"] >= 1
+    if fmt in ("pte", "tflite"):  # blocks of 32 where every linear width allows (tiny BERT: 32/64), else per channel
+        assert ("32" in result.details["int4_granularity"]) == (spec.family != "mobilevit")
 
 
 def test_int4_weight_tolerance_is_its_own():
