@@ -533,9 +533,9 @@ class AscendOmConverter(Converter):
             return ("--atc-script writes the ATC-ready ONNX and the atc command for a CANN host; no .om is produced "
                     "here, so there is nothing to run (the ONNX itself was checked on ONNX Runtime against PyTorch: "
                     "details.atc_onnx.parity)")
-        import importlib.util
+        from device_runtime.registry import module_present
 
-        if importlib.util.find_spec("ais_bench") is None and importlib.util.find_spec("acl") is None:
+        if not module_present("ais_bench") and not module_present("acl"):
             return ("the .om runs only on an Ascend NPU through ais_bench or pyACL (acl), and neither is on this "
                     "host (the ATC-ready ONNX was checked on ONNX Runtime: details.atc_onnx.parity)")
         if aipp:

@@ -77,11 +77,12 @@ def int4_in_blocks(module):
     return quantize_embeddings(module)
 
 
-def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple]):
-    """The quantized PyTorch model (simulated quantization): the reference the int8 artifact must match."""
+def quantize_pt2e(module, args: tuple, precision: str, calibration: list[tuple], int4_blocks: bool = False):
+    """The quantized PyTorch model (simulated quantization): the reference the int8 artifact must match.
+    int4-weight goes in blocks (`int4_in_blocks`) when `int4_blocks`, else per channel through PT2E."""
     import torch
 
-    if precision == "int4-weight" and int4_blocks_fit(module):
+    if precision == "int4-weight" and int4_blocks:
         return int4_in_blocks(module)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                           get_symmetric_quantization_config)
@@ -188,8 +189,9 @@ class ExecuTorchConverter(Converter):
         samples = [tuple(torch.from_numpy(feed[n]) for n in spec.input_names) for feed in calibration]
         lowered_module = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else module
         reference = module
+        int4_blocks = precision == "int4-weight" and int4_blocks_fit(lowered_module)  # decided once, here
         if precision.startswith("int"):
-            lowered_module = quantize_pt2e(lowered_module, args, precision, samples)
+            lowered_module = quantize_pt2e(lowered_module, args, precision, samples, int4_blocks)
             reference = lowered_module
         meta = json.dumps({"inputs": list(spec.input_names), "outputs": list(spec.output_names),
                            "model": spec.name, "precision": precision}).encode()
@@ -207,5 +209,5 @@ class ExecuTorchConverter(Converter):
         write_bytes_atomic(path, program.buffer)
         details = {"delegation": delegation, "rewrites": rewrite}
         if precision == "int4-weight":
-            details["int4_granularity"] = f"blocks of {INT4_BLOCK}" if int4_blocks_fit(module) else "per channel"
+            details["int4_granularity"] = f"blocks of {INT4_BLOCK}" if int4_blocks else "per channel"
         return Conversion(path, reference, details)
