@@ -680,12 +680,12 @@ class AscendOmConverter(Converter):
 
         from converters import amct_calibrate
         from converters import onnx as onnx_conv
-        from sdk import verify
+        from converters import parity
 
         start = time.perf_counter()
         feeds = [{n: f[n] for n in spec.input_names} for f in calibration]
         paths = amct_calibrate.calibrate(amct, folder / "model.onnx", feeds, folder / AMCT_PREFIX)
-        agreement = onnx_conv.agreement(verify.torch_outputs(module, spec.input_names, feeds),
+        agreement = onnx_conv.agreement(parity.torch_outputs(module, spec.input_names, feeds),
                                         amct_calibrate.fake_quant_outputs(amct, paths["fake_quant"], feeds))
         floor = spec.tolerance("int8-static").min_sqnr_db
         if not agreement["sqnr_db"] >= floor:
@@ -697,11 +697,11 @@ class AscendOmConverter(Converter):
     def _onnx_parity(self, module, spec, calibration, onnx_path: Path, plan: _Plan) -> dict[str, Any]:
         """The ATC-ready ONNX on ONNX Runtime vs PyTorch: the real samples, and each checked profile."""
         from converters import onnx as onnx_conv
-        from sdk import verify
+        from converters import parity
 
         tolerance = spec.tolerance("fp32").atol
         results = {"tolerance": tolerance,
-                   "samples": onnx_conv.agreement(verify.torch_outputs(module, spec.input_names, calibration),
+                   "samples": onnx_conv.agreement(parity.torch_outputs(module, spec.input_names, calibration),
                                                   onnx_conv.ort_outputs(onnx_path, calibration, "disabled"))}
         checks = []
         if plan.dynamic_dims:
@@ -715,7 +715,7 @@ class AscendOmConverter(Converter):
             checks.append(("batch", batch, [feed]))
         profiles = []
         for kind, value, feeds in checks:
-            ref = verify.torch_outputs(module, spec.input_names, feeds)
+            ref = parity.torch_outputs(module, spec.input_names, feeds)
             got = onnx_conv.ort_outputs(onnx_path, feeds, "disabled")
             profiles.append({kind: value, **onnx_conv.agreement(ref, got)})
         if profiles:

@@ -209,38 +209,26 @@ def _activation_stats(module, input_names, feeds):
 def _fp16_vs_fp32(module, input_names, feeds, max_samples: int = 4) -> dict[str, Any]:
     import torch
 
+    from converters.parity import compare, torch_outputs
+
     feeds = feeds[:max_samples]  # float16 convolutions are slow on CPU; a few real samples tell enough
     try:
         half = copy.deepcopy(module).half()
-        ref, got = [], []
-        for feed in feeds:
-            args = [torch.from_numpy(feed[n]) for n in input_names]
-            ref.append(_flat(module(*args)))
-            got.append(_flat(half(*[a.half() if a.is_floating_point() else a for a in args])))
+        ref = torch_outputs(module, input_names, feeds)
+        halved = [{n: (f[n].astype(np.float16) if np.issubdtype(f[n].dtype, np.floating) else f[n])
+                   for n in input_names} for f in feeds]
+        got = torch_outputs(half, input_names, halved)
     except Exception as exc:  # an op without a CPU half kernel: report it, do not fail the export
         return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    ref_all, got_all = np.concatenate(ref), np.concatenate(got)
-    finite = bool(np.all(np.isfinite(got_all)))
-    err = got_all - ref_all
-    noise = float(np.sum(err ** 2)) if finite else float("inf")
-    signal = float(np.sum(ref_all ** 2))
+    figures = compare(ref, got, classifier=True)
+    finite = bool(np.isfinite(figures["max_abs_err"]))
     result = {
         "what": "the PyTorch model run in float16 vs float32 on the sample inputs (CPU kernels; Core ML's "
                 "fp16 kernels differ, so this estimates the artifact's fp16 error, it does not measure it)",
-        "samples": len(feeds),
-        "finite": finite,
-        "max_abs_err": float(np.max(np.abs(err))) if finite else float("inf"),
-        "mean_abs_err": float(np.mean(np.abs(err))) if finite else float("inf"),
-        "sqnr_db": (float("inf") if noise == 0 else float(10 * np.log10(signal / noise))) if finite else float("-inf"),
+        "samples": len(feeds), "finite": finite,
+        **{k: figures[k] for k in ("max_abs_err", "mean_abs_err", "sqnr_db")},
     }
     if finite:
-        denom = float(np.linalg.norm(ref_all) * np.linalg.norm(got_all))
-        result["cosine"] = float(ref_all @ got_all / denom) if denom else 0.0
-        agree = [int(np.argmax(r)) == int(np.argmax(g)) for r, g in zip(ref, got)]
-        result["argmax_agreement"] = float(np.mean(agree))
+        result["cosine"] = figures["cosine"]
+        result["argmax_agreement"] = figures["top1_agreement"]
     return result
-
-
-def _flat(result) -> np.ndarray:
-    result = result if isinstance(result, (tuple, list)) else (result,)
-    return np.concatenate([r.detach().float().numpy().ravel() for r in result]).astype(np.float64)

@@ -153,13 +153,10 @@ def ort_outputs(path: Path | str, feeds: list[dict[str, np.ndarray]], level: str
 
 
 def agreement(reference: list[list], actual: list[list]) -> dict[str, float]:
-    ref = np.concatenate([np.asarray(o, np.float64).ravel() for s in reference for o in s])
-    got = np.concatenate([np.asarray(o, np.float64).ravel() for s in actual for o in s])
-    err = got - ref
-    noise = float(np.sum(err ** 2))
-    return {"max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
-            "sqnr_db": float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise)),
-            "samples": len(reference)}
+    """Figures of `actual` against `reference` (see converters.parity.compare)."""
+    from converters.parity import compare
+
+    return compare(reference, actual)
 
 
 def _ort_level(level: str):

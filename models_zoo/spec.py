@@ -112,6 +112,11 @@ class ModelSpec:
     def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError
 
+    def calibration_inputs(self) -> list[dict[str, np.ndarray]]:
+        """Real feeds for int8 calibration, kept apart from `sample_inputs` (which verify), so a quantized
+        artifact is never judged on the inputs it was calibrated on."""
+        return self.sample_inputs()
+
     def feeds_from(self, path: str) -> list[dict[str, np.ndarray]]:
         """Feeds from the user's own data: a folder of images, or a text file with one sentence a line."""
         from pathlib import Path

@@ -468,7 +468,7 @@ def _exit_code(exc: BaseException) -> int | None:
     import device_runtime
     from converters import ConversionError, UnknownFormatName, UnsupportedError
     from models_zoo import UnknownModelError, WeightsError
-    from sdk.verify import DegenerateReferenceError, ParityError
+    from converters.parity import DegenerateReferenceError, ParityError
 
     if isinstance(exc, (ParityError, DegenerateReferenceError)):
         return EXIT_PARITY

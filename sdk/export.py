@@ -16,7 +16,7 @@ from converters import atomic_path, get_converter, resolve_precision
 from converters.base import requested_precision
 from converters.base import ConversionError, UnsupportedError
 from models_zoo import ModelSpec, get_model
-from sdk import verify
+from converters import parity as checks
 from sdk.progress import Progress
 from sdk.report import record_artifact, tool_versions
 
@@ -92,10 +92,10 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     with progress.step(f"build {spec.name} ({weights or getattr(spec, 'default_weights', None) or 'random weights'})"):
         module = spec.build(weights=str(weights) if weights else None)
         feeds = spec.sample_inputs()
-        data = _Data(feeds, verify.torch_outputs(module, spec.input_names, feeds),
-                     spec.feeds_from(str(calibration)) if calibration else feeds,
-                     str(calibration) if calibration else "the spec's real sample inputs")
-        verify.check_spread(data.fp32_outputs, f"{spec.name} (PyTorch fp32)")
+        data = _Data(feeds, checks.torch_outputs(module, spec.input_names, feeds),
+                     spec.feeds_from(str(calibration)) if calibration else spec.calibration_inputs(),
+                     str(calibration) if calibration else "the spec's real calibration samples")
+        checks.check_spread(data.fp32_outputs, f"{spec.name} (PyTorch fp32)")
 
     results = []
     for converter in converters:
@@ -144,15 +144,15 @@ def _export_one(converter, spec, module, data: _Data, precision, folder, progres
                 raise ConversionError(f"{label}: the converter wrote an artifact its runtime cannot run ({exc}); "
                                       f"nothing was written") from exc
             reference_outputs = (data.fp32_outputs if conversion.reference is module else
-                                 verify.torch_outputs(conversion.reference, spec.input_names, data.feeds))
-            verify.check_spread(reference_outputs, f"{spec.name} ({precision} PyTorch reference)")
+                                 checks.torch_outputs(conversion.reference, spec.input_names, data.feeds))
+            checks.check_spread(reference_outputs, f"{spec.name} ({precision} PyTorch reference)")
             classifier = spec.task.endswith("classification")
-            lowering = verify.compare(reference_outputs, artifact_outputs, classifier)
-            quantization = (verify.compare(data.fp32_outputs, artifact_outputs, classifier)
+            lowering = checks.compare(reference_outputs, artifact_outputs, classifier)
+            quantization = (checks.compare(data.fp32_outputs, artifact_outputs, classifier)
                             if precision != "fp32" else None)
             # A compressed package (e.g. Core ML palettization of an fp16 model) is judged as int8 is.
             tolerance = spec.tolerance(conversion.details.get("tolerance_as", precision))
-            failures = verify.judge(lowering, quantization, tolerance)
+            failures = checks.judge(lowering, quantization, tolerance)
         timings["verify_s"] = time.perf_counter() - start
 
         parity = {"passed": not failures, "failures": failures, "tolerance": vars(tolerance),
@@ -161,7 +161,7 @@ def _export_one(converter, spec, module, data: _Data, precision, folder, progres
         report_path = record_artifact(folder, model_section,
                                       {**entry, "parity": parity, "runtime": {"backend": session.backend}})
         if failures:
-            raise verify.ParityError(f"{label} failed verification: " + "; ".join(failures) +
+            raise checks.ParityError(f"{label} failed verification: " + "; ".join(failures) +
                                      f" (figures in {report_path})")
     return ExportResult(spec.name, converter.format, precision, final, report_path, True, size, parity,
                         conversion.details)

@@ -11,7 +11,7 @@ import torch
 from converters import atomic_path, base, get_converter
 from converters.executorch import ExecuTorchConverter
 from sdk.export import export
-from sdk.verify import DegenerateReferenceError, ParityError, check_spread, compare
+from converters.parity import DegenerateReferenceError, ParityError, check_spread, compare
 
 
 class PerturbedConverter(ExecuTorchConverter):

@@ -142,7 +142,7 @@ def test_fp16_weights(export_tiny):
 def test_parity_catches_a_corrupted_weight(fp32_vision, tmp_path):
     """Scaling the classifier's weights by 1.5 must break parity: the figures above are not vacuous."""
     from ai_edge_litert import schema_py_generated as fb
-    from sdk import verify
+    from converters import parity
 
     data = bytearray(fp32_vision.path.read_bytes())
     model = fb.Model.GetRootAs(data, 0)
@@ -162,9 +162,9 @@ def test_parity_catches_a_corrupted_weight(fp32_vision, tmp_path):
     broken.write_bytes(bytes(data))
     spec = get_model(VISION[0], tiny=True)
     feeds = spec.sample_inputs()
-    torch_out = verify.torch_outputs(spec.build(), spec.input_names, feeds)
+    torch_out = parity.torch_outputs(spec.build(), spec.input_names, feeds)
     session = _load(broken)
-    got = verify.compare(torch_out, [session.run(None, f) for f in feeds], classifier=True)
+    got = parity.compare(torch_out, [session.run(None, f) for f in feeds], classifier=True)
     assert got["max_abs_err"] > spec.tolerance("fp32").atol
 
 

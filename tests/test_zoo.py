@@ -7,7 +7,7 @@ import torch
 
 from models_zoo import UnknownModelError, WeightsError, get_model, list_models
 from models_zoo.data import SAMPLE_SENTENCES, bert_vocab_path, tokenize
-from sdk.verify import check_spread, torch_outputs
+from converters.parity import check_spread, torch_outputs
 
 FAMILIES = {"mobilevit", "efficientformer", "tinybert", "q8bert"}
 
