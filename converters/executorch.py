@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, int4_blocks_fit, register_converter,
-                             write_bytes_atomic)
 from converters import rewrites
-
-META_METHOD = "pocketformer_meta"  # read back by device_runtime.backends.executorch
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, int4_blocks_fit, option,
+                             register_converter, write_bytes_atomic)
+# The program's metadata method and its keys: one contract, defined where the runtime reads it.
+from device_runtime.backends.executorch import META_INPUTS, META_METHOD, META_OUTPUTS
 
 
 def _dynamic_quantizer():
@@ -180,20 +181,30 @@ class ExecuTorchConverter(Converter):
     extra = "pte"
     required_modules = ("executorch",)
 
-    def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True, **_) -> Conversion:
+    @dataclass(frozen=True)
+    class Options:
+        rewrite: bool = option(True, "rewrite modules XNNPACK cannot take whole (LayerNorm, attention masks) into "
+                                     "equivalent ones it can (the artifact is still checked against the original)")
+
+    def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
+        precision = Precision.of(precision)
         import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
         args = tuple(torch.from_numpy(calibration[0][n]) for n in spec.input_names)
         samples = [tuple(torch.from_numpy(feed[n]) for n in spec.input_names) for feed in calibration]
-        lowered_module = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else module
+        # Always a copy: quantization rewrites the module in place, and the caller's model must stay fp32 for the
+        # formats exported after this one.
+        lowered_module = copy.deepcopy(module)
+        if rewrite:
+            lowered_module = rewrites.for_xnnpack(lowered_module)
         reference = module
         int4_blocks = precision == "int4-weight" and int4_blocks_fit(lowered_module)  # decided once, here
-        if precision.startswith("int"):
+        if precision.is_quantized:
             lowered_module = quantize_pt2e(lowered_module, args, precision, samples, int4_blocks)
             reference = lowered_module
-        meta = json.dumps({"inputs": list(spec.input_names), "outputs": list(spec.output_names),
+        meta = json.dumps({META_INPUTS: list(spec.input_names), META_OUTPUTS: list(spec.output_names),
                            "model": spec.name, "precision": precision}).encode()
         try:
             exported = torch.export.export(lowered_module, args)

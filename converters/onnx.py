@@ -31,12 +31,14 @@ import os
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from converters.base import INT4_BLOCK, Conversion, ConversionError, Converter, UnsupportedError, register_converter
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError, option,
+                             register_converter)
 from converters import rewrites
 
 DEFAULT_OPSET = 18          # the dynamo exporter's floor; LayerNormalization (17) stays one node
@@ -331,26 +333,27 @@ class OnnxConverter(Converter):
     precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
     extra = "onnx"
     required_modules = ("onnx", "onnxscript", "onnxruntime")
-    cli_options = (
-        ("--opset", dict(type=int, default=None, metavar="N",
-                         help="ONNX opset (onnx: 18, the dynamo exporter; below 18 the TorchScript exporter; "
-                              "om: 11)")),
-        ("--dynamic-shapes", dict(action="store_true", default=False,
-                                  help="keep the model's named dynamic axes (e.g. BERT sequence length) "
-                                       "instead of static shapes")),
-        ("--ort-optimize", dict(choices=ORT_LEVELS, default=None,
-                                help="save ONNX Runtime's offline-optimised graph as model.ort-LEVEL.onnx "
-                                     "(fusions into ORT contrib ops; 'all' is tied to this CPU type)")),
-    )
+    @dataclass(frozen=True)
+    class Options:
+        opset: int | None = option(None, "ONNX opset (onnx: 18, the dynamo exporter; below 18 the TorchScript "
+                                         "exporter; om: 11)", metavar="N")
+        dynamic_shapes: bool = option(False, "keep the model's named dynamic axes (e.g. BERT sequence length) "
+                                             "instead of static shapes")
+        ort_optimize: str | None = option(None, "save ONNX Runtime's offline-optimised graph as model.ort-LEVEL.onnx "
+                                                "(fusions into ORT contrib ops; 'all' is tied to this CPU type)",
+                                          choices=ORT_LEVELS)
+        exporter: str = option("auto", "the torch exporter: dynamo (torch.export + onnxscript), torchscript, or "
+                                       "auto (dynamo from opset 18, TorchScript below)",
+                               choices=("auto", "dynamo", "torchscript"))
 
-    def artifact_name(self, ort_optimize: str | None = None, **_) -> str:
+    def artifact_name(self, ort_optimize: str | None = None, **_: Any) -> str:
         return f"model.ort-{ort_optimize}.onnx" if ort_optimize else "model.onnx"
 
     def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
-                dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
-                **_) -> Conversion:
+                dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto") -> Conversion:
         import onnx
 
+        precision = Precision.of(precision)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if ort_optimize is not None:
@@ -367,7 +370,7 @@ class OnnxConverter(Converter):
             if precision == "fp16":
                 details["fp16"] = to_fp16(current, work / "fp16.onnx")
                 current = work / "fp16.onnx"
-            elif precision.startswith("int"):
+            elif precision.is_quantized:
                 details["quantization"] = quantize(current, work / "quantized.onnx", precision, calibration, work)
                 current = work / "quantized.onnx"
             if current is not exported:

@@ -14,17 +14,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from device_runtime.errors import EXIT_PARITY, PocketformerError
+
 # Below this the reference outputs are too flat for an error check to mean anything
 # (e.g. an uninitialised transformers model printing values near 1e-40).
 MIN_REFERENCE_STD = 1e-3
 
 
-class ParityError(RuntimeError):
+class ParityError(PocketformerError, RuntimeError):
     """The artifact's outputs differ from the reference by more than the model's tolerance (or have other shapes)."""
 
+    exit_code = EXIT_PARITY
 
-class DegenerateReferenceError(RuntimeError):
+
+class DegenerateReferenceError(PocketformerError, RuntimeError):
     """The reference outputs have no spread, so parity against them would prove nothing."""
+
+    exit_code = EXIT_PARITY
 
 
 Outputs = Sequence[Sequence[np.ndarray]]
@@ -124,6 +130,12 @@ def compare(reference: Outputs, actual: Outputs, classifier: bool = False,
     return metrics
 
 
+def error_bound(tolerance, figures: dict) -> float:
+    """The max abs error `figures` may have: `atol`, or `rtol` times the reference's scale if that is larger."""
+    rtol = getattr(tolerance, "rtol", None)
+    return max(tolerance.atol, (rtol or 0.0) * figures.get("reference_scale", 0.0))
+
+
 def judge(lowering: dict, quantization: dict | None, tolerance) -> list[str]:
     """The reasons an artifact fails its tolerance; empty when it passes.
 
@@ -134,7 +146,7 @@ def judge(lowering: dict, quantization: dict | None, tolerance) -> list[str]:
     failures = []
     atol, rtol = tolerance.atol, getattr(tolerance, "rtol", None)
     err = lowering["max_abs_err"]
-    bound = max(atol, (rtol or 0.0) * lowering.get("reference_scale", 0.0))
+    bound = error_bound(tolerance, lowering)
     if not np.isfinite(err) or err > bound:
         how = f"{atol:g}" if bound == atol else f"{bound:.3g} (rtol {rtol:g} of the reference's scale)"
         failures.append(f"max abs error vs its PyTorch reference {err:.3g} > {how}")

@@ -35,28 +35,25 @@ Routes, by precision:
 `details` in the report: the route, the op histogram, which ops XNNPACK took (and which it left to the
 builtin kernels), the I/O types and, for int8-static, the ops that still compute in float (`float_ops`, float
 in and float out) and whether there are none (`full_integer`).
+
+The torch side (litert-torch conversion, PT2E, the attention-mask rewrite) and the converter are here; the
+flatbuffer side (ai-edge-quantizer recipes, float I/O, inspection) is `converters.tflite_flatbuffer`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import os
-import tempfile
-from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, UnsupportedError, int4_blocks_fit,
-                             register_converter,
-                             write_bytes_atomic)
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError,
+                             int4_blocks_fit, option, register_converter, write_bytes_atomic)
+from converters.tflite_flatbuffer import (first_line, float_io, inspect_flatbuffer, prepare_check, quantize_static,
+                                          quantize_weights, quiet)
 
 # A masked attention score is pushed this many units below the lowest unmasked score seen in calibration:
 # its softmax weight is then below exp(-30) ~ 1e-13 of the largest, i.e. zero in fp32 arithmetic.
 MASK_MARGIN = 30.0
-SIGNATURE = "serving_default"
-_BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,11 +162,11 @@ def _litert_convert(module, spec, calibration, quant_config=None) -> bytes:
     previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             edge = litert_torch.convert(named, sample_kwargs=sample, quant_config=quant_config)
             return bytes(edge.model_content())
     except Exception as exc:
-        raise ConversionError(f"litert-torch could not convert {spec.name}: {_first_line(exc)}") from exc
+        raise ConversionError(f"litert-torch could not convert {spec.name}: {first_line(exc)}") from exc
     finally:
         if previous is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
@@ -197,213 +194,6 @@ def _pt2e_static(module, spec, calibration):
     return quantized, content
 
 
-# ----------------------------------------------------------------------------------------------------
-# Flatbuffer side (ai-edge-quantizer, I/O surgery, inspection)
-# ----------------------------------------------------------------------------------------------------
-def _aeq(content: bytes, configure, calibration_feeds=None) -> bytes:
-    """Run ai-edge-quantizer on a flatbuffer; `configure(quantizer, ops)` adds the recipe."""
-    from ai_edge_quantizer import calibrator, qtyping, quantizer, recipe_manager
-    from ai_edge_quantizer.utils import qsv_utils
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "fp32.tflite"
-        src.write_bytes(content)
-        q = quantizer.Quantizer(str(src))
-        configure(q, qtyping.TFLOperationName)
-        with _quiet():
-            qsvs = None
-            if q.need_calibration:
-                manager = recipe_manager.RecipeManager()
-                manager.load_quantization_recipe(q.get_quantization_recipe())
-                # min/max over all samples: the default moving average clips the extremes of a small set
-                cal = calibrator.Calibrator(str(src), num_threads=os.cpu_count() or 1,
-                                            qsv_update_func=qsv_utils.min_max_update)
-                cal.calibrate({SIGNATURE: calibration_feeds}, manager)
-                qsvs = cal.get_model_qsvs()
-            result = q.quantize(qsvs, enable_progress_report=False)
-    return bytes(result.quantized_model)
-
-
-def _float_io(content: bytes) -> tuple[bytes, dict]:
-    """Float model I/O for a quantized flatbuffer: a QUANTIZE op in front of every int8 input and a
-    DEQUANTIZE op after every int8 output, in the graph itself. Signature names stay the same."""
-    from ai_edge_litert import schema_py_generated as fb
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    changed = {"inputs": [], "outputs": []}
-    codes = {}
-
-    def opcode(builtin: int) -> int:
-        if builtin not in codes:
-            for i, code in enumerate(model.operatorCodes):
-                if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-                    codes[builtin] = i
-                    break
-            else:
-                code = fb.OperatorCodeT()
-                code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, builtin, 2
-                model.operatorCodes.append(code)
-                codes[builtin] = len(model.operatorCodes) - 1
-        return codes[builtin]
-
-    def float_twin(tensor) -> int:
-        twin = copy.copy(tensor)
-        twin.type, twin.quantization, twin.buffer = fb.TensorType.FLOAT32, None, 0
-        twin.name = (tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name) + "_float"
-        return twin
-
-    remap = {}
-    for s, graph in enumerate(model.subgraphs):
-        prologue, epilogue = [], []
-        for side, indices in (("inputs", graph.inputs), ("outputs", graph.outputs)):
-            for k, t in enumerate(indices):
-                tensor = graph.tensors[t]
-                if tensor.type not in (fb.TensorType.INT8, fb.TensorType.UINT8) or tensor.quantization is None:
-                    continue
-                graph.tensors.append(float_twin(tensor))
-                new = len(graph.tensors) - 1
-                op = fb.OperatorT()
-                if side == "inputs":
-                    op.opcodeIndex, op.inputs, op.outputs = opcode(fb.BuiltinOperator.QUANTIZE), [new], [t]
-                    prologue.append(op)
-                else:
-                    op.opcodeIndex, op.inputs, op.outputs = opcode(fb.BuiltinOperator.DEQUANTIZE), [t], [new]
-                    epilogue.append(op)
-                indices[k] = new
-                remap[(s, t, side)] = new
-                changed[side].append(int(t))
-        graph.operators = prologue + list(graph.operators) + epilogue
-    for sdef in model.signatureDefs or []:
-        for side, maps in (("inputs", sdef.inputs), ("outputs", sdef.outputs)):
-            for tmap in maps or []:
-                tmap.tensorIndex = remap.get((sdef.subgraphIndex, tmap.tensorIndex, side), tmap.tensorIndex)
-    if model.buffers and model.buffers[0].data is not None and len(model.buffers[0].data):
-        raise ConversionError("buffer 0 of the quantized model is not the empty sentinel buffer")
-    return _serialize(model), changed
-
-
-def _serialize(model) -> bytes:
-    """Pack a ModelT; weights >= 1 KiB go after the flatbuffer, 16-byte aligned (as ai-edge-quantizer does)."""
-    from ai_edge_litert import schema_py_generated as fb
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    big = {}
-    for i, buf in enumerate(model.buffers or []):
-        if buf.data is not None and len(buf.data) >= 1024:
-            big[i] = memoryview(np.ravel(np.asarray(buf.data)).view(np.uint8))
-            buf.data, buf.offset, buf.size = None, 1, 1  # placeholders, patched below
-    head = flatbuffer_utils.convert_object_to_bytearray(model)
-    out = bytearray(head)
-    packed = fb.Model.GetRootAs(out, 0)
-    for i, data in big.items():
-        out.extend(b"\0" * (-len(out) % 16))
-        flatbuffer_utils.update_packed_buffer(packed.Buffers(i), offset=len(out), size=len(data))
-        out.extend(data)
-    return bytes(out)
-
-
-def inspect_flatbuffer(path: Path) -> dict:
-    """The op histogram, what XNNPACK took, I/O types and, for quantized models, the ops computing in float.
-
-    The model is loaded the way the runtime loads it (default XNNPACK delegate); each DELEGATE node's
-    partition is recovered by walking back from its outputs to its inputs through the original nodes.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    with _quiet():
-        interpreter = Interpreter(model_path=str(path), num_threads=1)
-        interpreter.allocate_tensors()
-    w = interpreter._interpreter
-    n = w.NumNodes()
-    names = [w.NodeName(i) for i in range(n)]
-    ins = [list(w.NodeInputs(i)) for i in range(n)]
-    outs = [list(w.NodeOutputs(i)) for i in range(n)]
-    delegates = [i for i in range(n) if names[i] == "DELEGATE"]
-    original = [i for i in range(n) if names[i] != "DELEGATE"]
-    producer = {t: i for i in original for t in outs[i]}
-    delegated: set[int] = set()
-    for d in delegates:
-        boundary, stack = set(ins[d]), list(outs[d])
-        while stack:
-            p = producer.get(stack.pop())
-            if p is None or p in delegated:
-                continue
-            delegated.add(p)
-            stack.extend(t for t in ins[p] if t >= 0 and t not in boundary)
-
-    def dtype(t: int) -> str:
-        return np.dtype(w.TensorType(t, 0)).name
-
-    def is_float(tensors) -> bool:
-        return any(dtype(t) in ("float32", "float16") for t in tensors if t >= 0)
-
-    # float arithmetic: float in and float out (a CAST of an integer mask or a hybrid lookup of int8 rows
-    # only produces floats; QUANTIZE/DEQUANTIZE are the boundaries themselves)
-    float_ops = Counter(names[i] for i in original
-                        if names[i] not in _BOUNDARY_OPS and is_float(ins[i]) and is_float(outs[i]))
-
-    def io(named):
-        return [{"name": name, "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
-                 **({"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
-                    if d["quantization"][0] else {})} for name, d in named]
-
-    runner = interpreter.get_signature_runner() if interpreter.get_signature_list() else None
-    return {
-        "ops": len(original),
-        "op_histogram": dict(Counter(names[i] for i in original).most_common()),
-        "xnnpack": {
-            "partitions": len(delegates),
-            "delegated_ops": len(delegated),
-            "not_delegated_ops": len(original) - len(delegated),
-            "delegated": dict(Counter(names[i] for i in delegated).most_common()),
-            "not_delegated": dict(Counter(names[i] for i in original if i not in delegated).most_common()),
-        },
-        "float_ops": dict(float_ops.most_common()),
-        "inputs": io(runner.get_input_details().items() if runner else
-                     [(d["name"], d) for d in interpreter.get_input_details()]),
-        "outputs": io(runner.get_output_details().items() if runner else
-                      [(d["name"], d) for d in interpreter.get_output_details()]),
-    }
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence Python-level chatter (progress bars, reports) of the toolchains."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
-def _first_line(exc: BaseException, limit: int = 500) -> str:
-    """The useful part of a toolchain error: the op it could not lower when it says so, else its start."""
-    import re
-
-    text = str(exc)
-    for pattern in (r"Lowering not found: ([\w.:]+)", r"failed to legalize operation '([^']+)'",
-                    r"Unsupported (?:op|operator)[: ]+'?(?!for\b)([\w.:]+)"):
-        found = re.search(pattern, text)
-        if found:
-            return f"op {found.group(1)} cannot be lowered to LiteRT ({type(exc).__name__})"
-    return f"{type(exc).__name__}: {text}".strip()[:limit]
-
-
-def _prepare_check(content: bytes, spec, what: str) -> None:
-    """Load the flatbuffer as the runtime will; name the op the interpreter refuses, if any."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        with _quiet():
-            Interpreter(model_content=content, num_threads=1).allocate_tensors()
-    except Exception as exc:
-        import re
-
-        message = str(exc).strip()
-        op = re.search(r"\((\w+)\) failed to prepare", message)
-        kernel = re.search(r"([\w/]+\.cc)", message)
-        hint = "".join([f": op {op.group(1)}" if op else "", f" (kernel {kernel.group(1)})" if kernel else ""])
-        raise ConversionError(f"{what} of {spec.name} converts but LiteRT cannot prepare it{hint}. "
-                              f"LiteRT says: {message[:400]}") from exc
-
 
 # ----------------------------------------------------------------------------------------------------
 # The converter
@@ -430,18 +220,17 @@ class TFLiteConverter(Converter):
     precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
     extra = "tflite"
     required_modules = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
-    cli_options = (
-        ("--int8-io", {"action": "store_true", "dest": "int8_io",
-                       "help": "int8-static: keep int8 model inputs/outputs (feed data quantized with the "
-                               "input's scale and zero point) instead of float I/O"}),
-        ("--allow-fallback", {"action": "store_true", "dest": "allow_fallback",
-                              "help": "int8-static: when an op blocks static int8, export dynamic-range "
-                                      "int8 instead of failing (the report says so)"}),
-        ("--int8-route", {"choices": ("auto", "pt2e", "aeq"), "default": "auto", "dest": "static_route",
-                          "help": "int8-static: pt2e (litert-torch PT2E: conv/linear/add/pool in int8, "
-                                  "verified against the quantized PyTorch model), aeq (ai-edge-quantizer: "
-                                  "full-integer), auto (aeq for models with embeddings, else pt2e)"}),
-    )
+
+    @dataclass(frozen=True)
+    class Options:
+        int8_io: bool = option(False, "int8-static: keep int8 model inputs/outputs (feed data quantized with the "
+                                      "input's scale and zero point) instead of float I/O")
+        allow_fallback: bool = option(False, "int8-static: when an op blocks static int8, export dynamic-range "
+                                             "int8 instead of failing (the report says so)")
+        static_route: str = option("auto", "int8-static: pt2e (litert-torch PT2E: conv/linear/add/pool in int8, "
+                                           "verified against the quantized PyTorch model), aeq (ai-edge-quantizer: "
+                                           "full-integer), auto (aeq for models with embeddings, else pt2e)",
+                                   choices=("auto", "pt2e", "aeq"), flag="--int8-route")
 
     def artifact_name(self, int8_io: bool = False, **options) -> str:
         return "model-int8io.tflite" if int8_io else "model.tflite"
@@ -455,8 +244,9 @@ class TFLiteConverter(Converter):
         if static_route not in ("auto", "pt2e", "aeq"):
             raise UnsupportedError(f"static_route must be auto, pt2e or aeq, not {static_route!r}")
         work = rewrites.eager_attention(copy.deepcopy(module))
-        details: dict = {"precision": precision, "calibration_samples": len(calibration)}
+        details: dict = {"calibration_samples": len(calibration)}
         reference = module
+        effective = Precision.of(precision)  # what the artifact really is (a fallback changes it)
 
         if precision == "fp32":
             content = _litert_convert(work, spec, calibration)
@@ -472,16 +262,16 @@ class TFLiteConverter(Converter):
                 if route == "pt2e":
                     reference, content = _pt2e_static(work, spec, calibration)
                     details["route"] = "litert-torch PT2E static int8 (per-channel weights, histogram observers)"
-                    _prepare_check(content, spec, "the PT2E int8 model")
+                    prepare_check(content, spec, "the PT2E int8 model")
                 else:
                     bound = _bounded_attention_mask(work, spec, calibration)
                     fp32 = _litert_convert(work, spec, calibration)
-                    content = self._aeq_static(fp32, spec, calibration)
+                    content = quantize_static(fp32, spec, calibration)
                     details["route"] = ("litert-torch fp32 -> ai-edge-quantizer static int8 (wi8 ai8, min/max "
                                         "calibration)")
                     if bound is not None:
                         details["attention_mask_bound"] = bound
-                    _prepare_check(content, spec, "the static int8 model")
+                    prepare_check(content, spec, "the static int8 model")
             except ConversionError as exc:
                 if not allow_fallback:
                     raise
@@ -489,64 +279,25 @@ class TFLiteConverter(Converter):
                                             "int8-dynamic")
                 reference = module
                 details.update(route="FALLBACK to dynamic-range int8 (allow_fallback): static int8 failed",
-                               fallback_reason=str(exc)[:500], precision="int8-dynamic")
-            if not int8_io and details["precision"] == "int8-static":
-                content, changed = _float_io(content)
+                               fallback_reason=str(exc)[:500])
+                effective = Precision("int8-dynamic", requested=Precision.of(precision).requested)
+            if not int8_io and effective == "int8-static":
+                content, changed = float_io(content)
                 details["float_io"] = changed
-        details["io"] = "int8" if int8_io and details["precision"] == "int8-static" else "float"
+        details["io"] = "int8" if int8_io and effective == "int8-static" else "float"
         write_bytes_atomic(path, content)
         try:
             details.update(inspect_flatbuffer(path))
-            if details["precision"] == "int8-static":
+            if effective == "int8-static":
                 details["full_integer"] = not details["float_ops"]  # every op computes in integers
             else:
                 details.pop("float_ops")
         except Exception as exc:  # the artifact is written; the pipeline's load will report the real problem
-            details["inspect_error"] = _first_line(exc)
-        return Conversion(path, reference, details)
+            details["inspect_error"] = first_line(exc)
+        return Conversion(path, reference, details, precision=effective if effective != precision else None)
 
     @staticmethod
     def _aeq_weights(work, spec, calibration, precision) -> bytes:
         fp32 = _litert_convert(work, spec, calibration)
-
-        def configure(q, ops):
-            if precision == "fp16":
-                from ai_edge_quantizer import qtyping
-
-                config = qtyping.OpQuantizationConfig(
-                    weight_tensor_config=qtyping.TensorQuantizationConfig(
-                        num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-                    compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
-                for op in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.EMBEDDING_LOOKUP):
-                    q.update_quantization_recipe(regex=".*", operation_name=op, op_config=config,
-                                                 algorithm_key="float_casting")
-            elif precision == "int4-weight":
-                from ai_edge_quantizer import qtyping
-
-                # ai-edge-quantizer takes blockwise 4-bit only as dynamic (XNNPACK qd8-qb4w kernels).
-                granularity = getattr(qtyping.QuantGranularity, int4_granularity(work))
-                q.add_dynamic_config(".*", ops.FULLY_CONNECTED, 4, granularity=granularity)
-                q.add_dynamic_config(".*", ops.EMBEDDING_LOOKUP, 4)  # hybrid lookup: 4-bit rows, float out
-            else:
-                q.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8)
-
-        try:
-            return _aeq(fp32, configure)
-        except Exception as exc:
-            raise ConversionError(f"ai-edge-quantizer could not make {precision} {spec.name}: "
-                                  f"{_first_line(exc)}") from exc
-
-    @staticmethod
-    def _aeq_static(fp32: bytes, spec, calibration) -> bytes:
-        feeds = [{n: (f[n].astype(np.int32) if f[n].dtype == np.int64 else f[n]) for n in spec.input_names}
-                 for f in calibration]
-
-        def configure(q, ops):
-            q.add_static_config(".*", ops.ALL_SUPPORTED, 8, 8)
-            # int8 embedding tables (hybrid lookup, float rows, quantized right after)
-            q.add_dynamic_config(".*", ops.EMBEDDING_LOOKUP, 8)
-
-        try:
-            return _aeq(fp32, configure, feeds)
-        except Exception as exc:
-            raise ConversionError(f"ai-edge-quantizer static int8 failed on {spec.name}: {_first_line(exc)}") from exc
+        return quantize_weights(fp32, spec, precision,
+                                int4_granularity(work) if precision == "int4-weight" else None)

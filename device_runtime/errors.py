@@ -1,23 +1,51 @@
-"""Typed errors of the device runtime. Each subclasses a built-in so callers can catch broadly or precisely."""
+"""Typed errors. `PocketformerError` is the root of every error the product raises on purpose; each carries
+the exit code the command line maps it to, and subclasses a built-in so callers can catch broadly or precisely.
+
+It lives here, at the bottom layer, because the device runtime must import without the rest of the product
+and every other package may import it. An exception that is not a `PocketformerError` is a bug.
+"""
+
+# Exit codes scripts can trust (the CLI returns exactly these).
+EXIT_OK = 0
+EXIT_PARITY = 1        # verification failed: the artifact does not match PyTorch within the tolerance
+EXIT_BAD_INPUT = 2     # bad usage or input: unknown model/format/option, unreadable file, wrong shape or dtype
+EXIT_UNSUPPORTED = 3   # not supported here: format/precision combination, missing toolchain or runtime
+EXIT_CONVERSION = 4    # the toolchain failed to convert the model
+EXIT_RUNTIME = 5       # the runtime accepted the input and failed while running (a kernel or delegate error)
+EXIT_BUG = 70          # an unexpected exception: a bug in Pocketformer or a tool it calls (EX_SOFTWARE)
 
 
-class UnknownFormatError(ValueError):
+class PocketformerError(Exception):
+    """Root of the product's typed errors."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class UnknownFormatError(PocketformerError, ValueError):
     """The file is not an artifact of any registered format."""
 
 
-class CorruptArtifactError(ValueError):
+class CorruptArtifactError(PocketformerError, ValueError):
     """The file looks like a known format but is truncated or malformed."""
 
 
-class BackendUnavailableError(ImportError):
+class ArtifactNotFoundError(PocketformerError, FileNotFoundError):
+    """No file or folder at the artifact path given."""
+
+
+class BackendUnavailableError(PocketformerError, ImportError):
     """The runtime a backend needs is not installed (or not usable on this platform)."""
 
+    exit_code = EXIT_UNSUPPORTED
 
-class ExecutionError(RuntimeError):
+
+class ExecutionError(PocketformerError, RuntimeError):
     """The runtime accepted the feed but failed while running the model (a kernel or delegate error)."""
 
+    exit_code = EXIT_RUNTIME
 
-class InputError(ValueError):
+
+class InputError(PocketformerError, ValueError):
     """A feed that does not match the model's inputs."""
 
 
@@ -35,3 +63,8 @@ class ShapeError(InputError):
 
 class DTypeError(InputError):
     pass
+
+
+
+class UsageError(PocketformerError, ValueError):
+    """An argument the caller got wrong (an unknown option, a value out of range, a missing file)."""

@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from device_runtime.errors import UsageError
+
 SCHEMA = "pocketformer.bench/1"
 
 
@@ -104,9 +106,9 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
     import device_runtime
 
     if not paths:
-        raise ValueError("no artifacts to benchmark")
+        raise UsageError("no artifacts to benchmark")
     if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+        raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     feeds = list(feeds) if feeds is not None else [None] * len(paths)
     names = list(names) if names is not None else _names(paths)
     resettable = reset_peak_rss()

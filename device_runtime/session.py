@@ -225,6 +225,31 @@ class Session:
             samples.append(time.perf_counter() - start)
         return float(np.median(samples) * 1e6)
 
+    # -- the runtime's own call and profiler ------------------------------------------------------
+    def validate_feed(self, feed: Mapping[str, Any] | Sequence[Any] | None) -> list[np.ndarray]:
+        """The feed checked as `run` checks it (and adapted, with `adapt_io`): the arrays, in input order, that
+        `raw_runner` takes. Raises the same typed errors as `run`."""
+        return self._validate(feed)
+
+    def raw_runner(self, arrays: Sequence[np.ndarray]) -> Callable[[], Any]:
+        """A zero-argument call of the runtime's own API on `arrays` (from `validate_feed`), bound once.
+
+        Calling it runs the model and nothing else: no validation, hooks, timing or output selection, and the
+        outputs come back as the runtime returns them (a dict, torch tensors, ...). It is what `Session.run` is
+        measured against (`sdk.bench.session_overhead`). Backends with a lighter native call than `_execute`
+        override this; the default is `_execute` itself.
+        """
+        arrays = list(arrays)
+        return lambda: self._execute(arrays)
+
+    @property
+    def profiler(self) -> str | None:
+        """What `profile()` uses on this backend, or None when it has no per-operator profiler (`profile()` then
+        raises `ProfilerUnavailableError` saying why). From `device_runtime.profile`'s capability table."""
+        from device_runtime.profile import profiler_for
+
+        return profiler_for(self.backend)[0]
+
     # -- backend contract ------------------------------------------------------------------------
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

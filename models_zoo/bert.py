@@ -17,16 +17,35 @@ from typing import Any
 
 import numpy as np
 
-from models_zoo.data import SAMPLE_SENTENCES, tokenize
-from models_zoo.spec import InputSpec, ModelSpec, Tolerance, WeightsError, register_model
+from models_zoo.data import (CALIBRATION_SENTENCE_PAIRS, CALIBRATION_SENTENCES, SAMPLE_SENTENCE_PAIRS,
+                             SAMPLE_SENTENCES, text_feeds)
+from models_zoo.errors import WeightsError
+from models_zoo.spec import InputSpec, ModelSpec, Tolerance, register_model
+from models_zoo.weights import FOLDER_FILES
 
+# Measured on the tiny variants (random init, 12 held-out verification feeds: 8 sentences and 4 sentence pairs)
+# with ExecuTorch, LiteRT and ONNX Runtime, and on the real all-MiniLM-L6-v2 (the family's only real weights, the
+# same BERT code). Bounds are relative to the reference's largest output (`rtol`): logits range from ~0.3 (full
+# size, random init) to ~10 (trained), and a sentence embedding lives at ~1; `atol` is only a floor.
 BERT_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4),
-    "fp16": Tolerance(atol=5e-2, min_sqnr_db=30.0),
-    # Dynamic int8 quantises activations per call, so kernel rounding differs slightly from the reference.
-    "int8": Tolerance(atol=0.1, min_sqnr_db=15.0),
-    # int4-weight: checked against fp32 PyTorch for ONNX and TFLite (see the vision families' note).
-    "int4-weight": Tolerance(atol=0.5, min_sqnr_db=12.0),
+    # fp32 rounding is relative: measured <= 4e-7 of the logit scale.
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5),
+    # fp16: measured 2e-4..4e-4 of the scale (TFLite, ONNX; 70-74 dB). 30 dB is kept for Core ML (macOS only).
+    "fp16": Tolerance(atol=1e-4, rtol=5e-3, min_sqnr_db=30.0),
+    # int8 (dynamic, the family's recipe): kernels quantise activations per call (XNNPACK per token), the PT2E
+    # reference per tensor, so they differ most where real activations have outliers: measured 0.012-0.014 of
+    # the scale on the tiny models but 0.17 on real all-MiniLM-L6-v2 weights (ExecuTorch), hence 0.25. The same
+    # bound covers int8-static (measured 0.09 TFLite, 0.18 ONNX on the tiny model). SQNR vs fp32: measured 41-47
+    # dB dynamic on the tiny model, 18.9-25.7 dB on the real MiniLM, and 27.3 dB (TFLite) / 18.03 dB (ONNX QDQ,
+    # right at the floor: the family's recipe is dynamic) static on the tiny model. Why 18 dB: the tiny model's
+    # logits vary little from sentence to sentence, so an artifact that ignores its input (the mean logits for
+    # every feed) already scores 13.1 dB, which 15 dB would barely catch. Top-1 vs fp32 over the 12 feeds:
+    # measured 12/12 everywhere, but the tiny model gives every feed the same class, so only the SQNR and rtol
+    # bounds catch a broken tiny artifact; 0.75 (3 flips of near-tied logits) is for trained weights.
+    "int8": Tolerance(atol=1e-3, rtol=0.25, min_sqnr_db=18.0, min_top1=0.75),
+    # int4-weight: checked against fp32 PyTorch for ONNX and TFLite (see the vision families' note): measured
+    # 0.01-0.10 of the scale, 19.5-23.4 dB, top-1 12/12. 15 dB, not 12: the input-ignoring artifact scores 13.1.
+    "int4-weight": Tolerance(atol=1e-3, rtol=0.3, min_sqnr_db=15.0, min_top1=0.75),
 }
 
 BERT_BASE_VOCAB = 30522  # bert-base-uncased WordPiece
@@ -100,8 +119,10 @@ class BertSpec(ModelSpec):
                 "input_names": list(self.input_names)}
 
     def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
-        prep = self.preprocessing()
-        return [tokenize(s, prep) for s in SAMPLE_SENTENCES]
+        return text_feeds(SAMPLE_SENTENCES, SAMPLE_SENTENCE_PAIRS, self.preprocessing())
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        return text_feeds(CALIBRATION_SENTENCES, CALIBRATION_SENTENCE_PAIRS, self.preprocessing())
 
     def labels(self) -> list[str] | None:
         return list(SST2_LABELS) if self.num_labels == 2 else None
@@ -131,8 +152,6 @@ ARCHITECTURE_KEY = "pocketformer.architecture"
 
 def read_architecture(weights) -> dict[str, Any] | None:
     """The architecture a compressed checkpoint declares, or None (plain checkpoints, non-safetensors)."""
-    from models_zoo.weights import FOLDER_FILES
-
     path = Path(weights)
     if path.is_dir():
         path = next((path / f for f in FOLDER_FILES if (path / f).exists()), path)

@@ -8,10 +8,21 @@ from typing import Any
 
 import numpy as np
 
-# Natural photos bundled inside scikit-image's wheel (no download): a cat, a coffee cup, an astronaut,
-# a rocket launch, a motorcycle and a deep-sky photograph.
+# Real data in two disjoint sets: `SAMPLE_*` verify an artifact against PyTorch, `CALIBRATION_*` calibrate int8
+# quantizers, so a quantized artifact is never judged on the inputs it was calibrated on.
+
+# Verification photos, natural colour photos bundled inside scikit-image's wheel (no download): a cat, a coffee
+# cup, an astronaut, a rocket launch, a motorcycle and a deep-sky photograph.
 SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
                  "hubble_deep_field.jpg")
+
+# Calibration photos, the rest of scikit-image's bundled photographs: its two other colour photos (a retinal
+# fundus, an immunohistochemistry slide) and six greyscale photos (the cameraman, coins, the moon, a clock, a
+# cell under the microscope, grass), converted to RGB. Left out: `motorcycle_right.png`, the other camera of
+# the stereo pair whose left view verifies (calibrating on it would nearly be calibrating on a verification
+# photo), the synthetic images (colour wheel, logo, chessboards, phantom, text, page) and tiny ones.
+CALIBRATION_PHOTOS = ("retina.jpg", "ihc.png", "camera.png", "coins.png", "moon.png", "clock_motion.png", "cell.png",
+                      "grass.png")
 
 # Real English sentences (movie-review style, as in SST-2, the task TinyBERT and Q8BERT report on).
 SAMPLE_SENTENCES = (
@@ -25,19 +36,47 @@ SAMPLE_SENTENCES = (
     "Halfway through I checked my watch, and then I checked it again.",
 )
 
+# Real sentence pairs (premise / hypothesis, as in MNLI and RTE, or a review and a question about it), tokenised
+# as [CLS] a [SEP] b [SEP] with token_type_ids 1 on the second segment: the segment embedding is exercised.
+SAMPLE_SENTENCE_PAIRS = (
+    ("The director spent ten years adapting the novel for the screen.", "The film is based on a book."),
+    ("Critics praised the lead performance but found the ending rushed.", "Everyone agreed the ending was perfect."),
+    ("The sequel keeps the original cast and adds a darker score.", "Did the sequel bring back the same actors?"),
+    ("A small crowd stayed in their seats until the credits finished rolling.", "Some viewers watched the whole film."),
+)
+
+CALIBRATION_SENTENCES = (
+    "The dialogue sparkles, and the two leads share an easy, believable chemistry.",
+    "By the final act the twists have become predictable and tiresome.",
+    "A modest budget never gets in the way of its big, generous heart.",
+    "The editing is so choppy that the action scenes are hard to follow.",
+    "Children will love the animals; their parents may find the songs forgettable.",
+    "This is the rare remake that improves on the original in every way.",
+)
+
+CALIBRATION_SENTENCE_PAIRS = (
+    ("The cinema was half empty on the opening night.", "The premiere sold out weeks in advance."),
+    ("She wrote the screenplay while working night shifts at a hospital.", "The screenwriter had another job."),
+)
+
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def photo_paths() -> list[Path]:
+def photo_paths(names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
+    """Paths of scikit-image's bundled photos: the verification ones unless `names` says otherwise."""
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
-    paths = [folder / name for name in SAMPLE_PHOTOS]
+    paths = [folder / name for name in names]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"scikit-image's bundled photos are missing: {missing}")
     return paths
+
+
+def calibration_photo_paths() -> list[Path]:
+    return photo_paths(CALIBRATION_PHOTOS)
 
 
 def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
@@ -89,18 +128,42 @@ def _tokenizer(vocab: str, lowercase: bool):
     return BertWordPieceTokenizer(vocab, lowercase=lowercase)
 
 
-def tokenize(text: str, prep: dict[str, Any]) -> dict[str, np.ndarray]:
-    """WordPiece-tokenise one sentence to the fixed sequence length, padded and truncated."""
+def tokenize(text: str, prep: dict[str, Any], pair: str | None = None) -> dict[str, np.ndarray]:
+    """WordPiece-tokenise one sentence, or a sentence pair, to the fixed sequence length, padded and truncated.
+
+    One sentence: [CLS] text [SEP]. A pair: [CLS] text [SEP] pair [SEP], token_type_ids 0 on the first segment
+    (with [CLS] and its [SEP]) and 1 on the second; the longer segment is truncated first (as transformers'
+    "longest_first"). Padding has id 0, attention mask 0 and token type 0.
+    """
     vocab = prep.get("vocab") or str(bert_vocab_path())
     tokenizer = _tokenizer(vocab, prep.get("lowercase", True))
     seq_len = prep["seq_len"]
-    ids = tokenizer.encode(text).ids[:seq_len]
-    if len(ids) == seq_len and ids[-1] != tokenizer.token_to_id("[SEP]"):
-        ids[-1] = tokenizer.token_to_id("[SEP]")
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    first = tokenizer.encode(text, add_special_tokens=False).ids
+    if pair is None:
+        ids = [cls] + first[:max(seq_len - 2, 0)] + [sep]
+        types = [0] * len(ids)
+    else:
+        if seq_len < 3:
+            raise ValueError(f"a sentence pair needs a sequence length of at least 3, got {seq_len}")
+        second = tokenizer.encode(pair, add_special_tokens=False).ids
+        while len(first) + len(second) > seq_len - 3:
+            if len(first) >= len(second):
+                first = first[:-1]
+            else:
+                second = second[:-1]
+        ids = [cls] + first + [sep] + second + [sep]
+        types = [0] * (len(first) + 2) + [1] * (len(second) + 1)
+    ids, types = ids[:seq_len], types[:seq_len]
     pad = seq_len - len(ids)
     feed = {
         "input_ids": np.asarray([ids + [0] * pad], dtype=np.int64),
         "attention_mask": np.asarray([[1] * len(ids) + [0] * pad], dtype=np.int64),
-        "token_type_ids": np.zeros((1, seq_len), dtype=np.int64),
+        "token_type_ids": np.asarray([types + [0] * pad], dtype=np.int64),
     }
     return {name: feed[name] for name in prep["input_names"]}
+
+
+def text_feeds(sentences, pairs, prep: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """Feeds of single sentences, then of sentence pairs."""
+    return [tokenize(s, prep) for s in sentences] + [tokenize(a, prep, pair=b) for a, b in pairs]

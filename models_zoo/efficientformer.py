@@ -3,17 +3,29 @@ https://arxiv.org/abs/2206.01191). Built with timm's EfficientFormer code; the t
 224x224 input (its last stage's attention biases are sized for a 7x7 token grid) with one block per stage."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from models_zoo.spec import register_model
-from models_zoo.timm_vision import TimmVisionSpec
+from models_zoo.timm_vision import VISION_TOLERANCES, TimmVisionSpec
 
 TINY_ARGS = dict(depths=(1, 1, 1, 1), embed_dims=(16, 24, 32, 48), num_vit=1)
+
+# EfficientFormer quantizes well (mostly conv/linear with BatchNorm folded): int8 vs fp32 measured, on the
+# held-out photos, 32.9-33.6 dB on the tiny variant and 34.8-36.0 dB on full-size efficientformer_l1 (random
+# init) across ExecuTorch, LiteRT and ONNX, so 25 dB; the vision families' 15 dB would pass an artifact that
+# ignores its input (the mean logits for every photo: 14.0 dB on the tiny variant). int4-weight: measured
+# 19.5-21.7 dB on the tiny variant, 15 dB for the same reason.
+EFFICIENTFORMER_TOLERANCES = {
+    **VISION_TOLERANCES,
+    "int8": replace(VISION_TOLERANCES["int8"], min_sqnr_db=25.0),
+    "int4-weight": replace(VISION_TOLERANCES["int4-weight"], min_sqnr_db=15.0),
+}
 
 
 @dataclass(frozen=True)
 class EfficientFormerSpec(TimmVisionSpec):
     family: str = "efficientformer"
+    tolerances: dict = field(default_factory=lambda: dict(EFFICIENTFORMER_TOLERANCES))
     image_size: int = 224
 
     def _build(self):

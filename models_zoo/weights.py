@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models_zoo.spec import ModelSpec, WeightsError
+from models_zoo.errors import WeightsError
 
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pt")
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -64,24 +64,26 @@ def _best_key_mapping(state: dict, model_keys: set[str]) -> dict:
     return best
 
 
-def load_into(module, path: str | Path, spec: ModelSpec) -> dict:
-    """Load a checkpoint into `module`; shape mismatches and missing backbone weights are errors."""
+def load_into(module, path: str | Path, model: str, family: str | None = None) -> dict:
+    """Load a checkpoint into `module` (the zoo model named `model`, of `family`, as error messages say);
+    shape mismatches and missing backbone weights are errors."""
     state = read_state_dict(path)
     model_state = module.state_dict()
     state = _best_key_mapping(state, set(model_state))
     matched = set(state) & set(model_state)
     if not matched:
-        raise WeightsError(f"{path} shares no parameter names with {spec.name}; is it a {spec.family} checkpoint?")
+        raise WeightsError(f"{path} shares no parameter names with {model}"
+                           + (f"; is it a {family} checkpoint?" if family else ""))
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
              for k in sorted(matched) if state[k].shape != model_state[k].shape]
     if wrong:
-        raise WeightsError(f"{path} does not fit {spec.name} ({len(wrong)} shape mismatches), e.g. " + "; ".join(wrong[:3]))
+        raise WeightsError(f"{path} does not fit {model} ({len(wrong)} shape mismatches), e.g. " + "; ".join(wrong[:3]))
     missing = sorted(set(model_state) - matched)
     # Task heads may be absent from a backbone checkpoint; everything else must be there.
     head_words = ("classifier", "head", "pooler")
     backbone_missing = [k for k in missing if not any(w in k for w in head_words)
                         and not k.endswith(("num_batches_tracked", "position_ids", "attention_bias_idxs"))]
     if backbone_missing:
-        raise WeightsError(f"{path} lacks {len(backbone_missing)} weights of {spec.name}, e.g. {backbone_missing[:3]}")
+        raise WeightsError(f"{path} lacks {len(backbone_missing)} weights of {model}, e.g. {backbone_missing[:3]}")
     module.load_state_dict({k: state[k] for k in matched}, strict=False)
     return {"path": str(path), "loaded": len(matched), "randomly_initialised": missing}

@@ -20,6 +20,8 @@ import re
 import time
 from typing import Any, Sequence
 
+from models_zoo.precision import resolve
+
 # Operators that only reinterpret a tensor (or return a part of it): no bytes move.
 VIEW_OPS = {"view", "_unsafe_view", "reshape", "expand", "expand_as", "squeeze", "unsqueeze", "permute", "transpose",
             "t", "slice", "select", "alias", "detach", "split", "split_with_sizes", "chunk", "unbind", "as_strided",
@@ -267,7 +269,7 @@ def roofline_bound(flops: float, mac_bytes: float, roofline: dict[str, Any], pre
     The compute bound is a hard floor. The memory bound divides the unfused graph's traffic by DRAM bandwidth:
     fused kernels move less and caches serve much of it, so read it as an indication, not a floor.
     """
-    peak = roofline.get("peak_int8_gops" if precision.startswith("int8") else "peak_fp32_gflops")
+    peak = roofline.get("peak_int8_gops" if resolve(precision).computes_int8 else "peak_fp32_gflops")
     out: dict[str, Any] = {}
     if peak:
         out["compute_bound_ms"] = flops / (peak * 1e9) * 1e3

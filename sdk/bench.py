@@ -18,11 +18,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 
-def sample_feed(artifact: str | Path) -> dict[str, np.ndarray] | None:
-    """The model's first real sample when the report beside the artifact names a zoo model; else None."""
+def sample_feed(artifact: str | Path, trust: bool = False) -> dict[str, np.ndarray] | None:
+    """The model's first real sample when the manifest beside the artifact names a zoo model; else None."""
     from sdk.report import report_for_artifact
 
-    model, _ = report_for_artifact(Path(artifact))
+    model, _ = report_for_artifact(Path(artifact), trust=trust)
     prep = model.get("preprocessing")
     if not prep:
         return None
@@ -38,18 +38,25 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
           runner: str | None = None, remote_python: str = "python3", profile_runs: int = 0,
           backend: str | None = None, ssh_key: str | None = None, ssh_options: Sequence[str] = (),
           progress: Callable[[int, int], None] | None = None,
-          note: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark artifacts interleaved (ratios against the first); see `device_runtime.measure`."""
+          note: Callable[[str], None] | None = None, trust: bool = False) -> dict[str, Any]:
+    """Benchmark artifacts interleaved (ratios against the first); see `device_runtime.measure`.
+
+    Each artifact must still match the hash its manifest recorded (its figures describe those bytes),
+    unless `trust`."""
+    from device_runtime.errors import ArtifactNotFoundError, UsageError
+    from device_runtime.manifest import load_entry
+
     paths = [str(a) for a in artifacts]
     for path in paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"no such artifact: {path}")
+            raise ArtifactNotFoundError(f"no such artifact: {path}")
+        load_entry(path, trust=trust)
     if feeds is None:
-        feeds = [sample_feed(p) for p in paths]
+        feeds = [sample_feed(p, trust=True) for p in paths]  # checked just above
     names = _labels(paths)
     if device in (None, "", "local"):
         if runner:
-            raise ValueError("--runner runs a native benchmark binary on a device: give --device too")
+            raise UsageError("--runner runs a native benchmark binary on a device: give --device too")
         from device_runtime.measure import benchmark_artifacts
 
         document = benchmark_artifacts(paths, runs=runs, warmup=warmup, threads=threads, feeds=feeds, names=names,
@@ -61,16 +68,16 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
                                     names=names, runner=runner, remote_python=remote_python,
                                     profile_runs=profile_runs, ssh_key=ssh_key, ssh_options=ssh_options,
                                     progress=note)
-    annotate(document)
+    annotate(document, trust=True)
     return document
 
 
-def annotate(document: dict[str, Any]) -> dict[str, Any]:
-    """Add each artifact's model, precision and parity (from its report.json), and the single-artifact keys."""
+def annotate(document: dict[str, Any], trust: bool = False) -> dict[str, Any]:
+    """Add each artifact's model, precision and parity (from its manifest), and the single-artifact keys."""
     from sdk.report import report_for_artifact
 
     for result in document.get("results", []):
-        model, entry = report_for_artifact(Path(result["path"]))
+        model, entry = report_for_artifact(Path(result["path"]), trust=trust)
         if model:
             result["model"] = model.get("name")
             result["family"] = model.get("family")
@@ -126,28 +133,7 @@ def format_table(document: dict[str, Any]) -> str:
 # -- Session.run overhead ---------------------------------------------------------------------------------
 def raw_call(session, arrays: list[np.ndarray]) -> Callable[[], Any]:
     """A call of the backend's own API with the same inputs, bypassing `Session` (for the overhead figure)."""
-    backend = session.backend
-    if backend == "onnxruntime":
-        ort, feed = session._session, dict(zip(session._input_names, arrays))
-        return lambda: ort.run(None, feed)
-    if backend == "executorch":
-        method = session._method
-        tensors = [session._torch.from_numpy(a) for a in arrays]
-        return lambda: method.execute(tensors)
-    if backend in ("ai_edge_litert", "tflite_runtime") and getattr(session, "_runner", None) is not None:
-        runner, kwargs = session._runner, {t.name: a for t, a in zip(session._inputs, arrays)}
-        return lambda: runner(**kwargs)
-    if backend in ("ai_edge_litert", "tflite_runtime"):
-        it, details = session._interpreter, session._in_details
-        outs = session._out_details
-
-        def call():
-            for d, a in zip(details, arrays):
-                it.set_tensor(d["index"], a)
-            it.invoke()
-            return [it.get_tensor(d["index"]) for d in outs]
-        return call
-    raise ValueError(f"no raw-API call known for backend {backend!r}")
+    return session.raw_runner(arrays)
 
 
 def session_overhead(path: str | Path, runs: int = 300, warmup: int = 20, threads: int | None = None,
@@ -165,7 +151,7 @@ def session_overhead(path: str | Path, runs: int = 300, warmup: int = 20, thread
     # The zoo's token ids are int64; a model that takes int32 (TFLite) gets them cast once, outside the timing,
     # as adapt_io would on every run.
     feed = {t.name: _adapt(np.asarray(feed[t.name]), t) for t in session.get_inputs() if t.name in feed}
-    arrays = session._validate(feed)
+    arrays = session.validate_feed(feed)
     raw = raw_call(session, arrays)
     for _ in range(warmup):
         raw()

@@ -3,9 +3,12 @@
 Exit codes scripts can trust:
   0  success
   1  verification failed (the artifact does not match PyTorch within the model's tolerance)
-  2  bad usage or bad input (unknown model or format, unreadable file, wrong shape or dtype)
+  2  bad usage or bad input (unknown model, format or option, unreadable file, wrong shape or dtype,
+     an artifact modified since export)
   3  not supported here (format/precision combination, missing toolchain or runtime)
   4  the toolchain failed to convert the model
+  5  the runtime failed while running the model
+  70 an unexpected error: a bug (the message points at where it happened; --verbose shows the traceback)
 """
 from __future__ import annotations
 
@@ -15,13 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-EXIT_OK, EXIT_PARITY, EXIT_BAD_INPUT, EXIT_UNSUPPORTED, EXIT_CONVERSION = 0, 1, 2, 3, 4
+from device_runtime.errors import (EXIT_BAD_INPUT, EXIT_BUG, EXIT_OK, EXIT_UNSUPPORTED,  # noqa: F401 (re-exported)
+                                   ArtifactNotFoundError, PocketformerError)
+from sdk.feeds import build_feed
 
 
-class CliError(Exception):
+class CliError(PocketformerError):
+    """A command-line usage error; exits with `code`."""
+
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 # -- zoo ---------------------------------------------------------------------------------------------
@@ -63,10 +70,11 @@ def cmd_formats(args) -> int:
 
 # -- export ------------------------------------------------------------------------------------------
 def cmd_export(args, option_dests: list[str]) -> int:
-    from sdk.export import export
+    from sdk.pipeline import export
     from sdk.progress import Progress
 
     formats = [f for part in args.to for f in part.split(",") if f]
+    # Only the options the user gave: each converter's Options supplies its own defaults.
     options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
@@ -78,47 +86,13 @@ def cmd_export(args, option_dests: list[str]) -> int:
 
 
 # -- run ---------------------------------------------------------------------------------------------
-def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
-    import numpy as np
+def _existing(path: str, trust: bool = False) -> Path:
+    """The artifact's path, once it exists and (unless `trust`) matches the hash its manifest recorded."""
+    from device_runtime.manifest import load_entry
 
-    feed = {}
-    for pair in pairs:
-        name, sep, file = pair.partition("=")
-        if not sep:
-            raise CliError(f"--input expects NAME=FILE.npy, got {pair!r}")
-        try:
-            feed[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read --input {name}: {exc}") from None
-    return feed
-
-
-def build_feed(artifact: Path, image: str | None, text: str | None, inputs: Sequence[str]) -> dict[str, Any]:
-    """A feed from a raw image or sentence, preprocessed as the report beside the artifact says."""
-    from models_zoo import data
-    from sdk.report import report_for_artifact
-
-    if inputs:
-        return _parse_inputs(inputs)
-    if image is None and text is None:
-        return {}
-    model, _ = report_for_artifact(artifact)
-    prep = model.get("preprocessing")
-    if not prep:
-        raise CliError(f"no report.json with preprocessing beside {artifact}; pass raw tensors with "
-                       "--input NAME=FILE.npy")
-    if image is not None:
-        if prep["kind"] != "image":
-            raise CliError(f"{model.get('name')} takes {prep['kind']}, not an image; use --text")
-        return {model["inputs"][0]["name"]: data.preprocess_image(image, prep)}
-    if prep["kind"] != "text":
-        raise CliError(f"{model.get('name')} takes {prep['kind']}, not text; use --image")
-    return data.tokenize(text, prep)
-
-
-def _existing(path: str) -> Path:
     if not Path(path).exists():
-        raise FileNotFoundError(f"no such artifact: {path}")
+        raise ArtifactNotFoundError(f"no such artifact: {path}")
+    load_entry(path, trust=trust)
     return Path(path)
 
 
@@ -133,13 +107,13 @@ def cmd_run(args) -> int:
 
     from sdk.report import report_for_artifact
 
-    artifact = _existing(args.artifact)
-    feed = build_feed(artifact, args.image, args.text, args.input)
+    artifact = _existing(args.artifact, args.trust)
+    feed = build_feed(artifact, args.image, args.text, args.input, trust=True)  # checked just above
     session = _open(args)
     if not feed:
         raise CliError("nothing to run on: give --image, --text or --input NAME=FILE.npy")
     outputs = session.run(None, feed)
-    model, _ = report_for_artifact(artifact)
+    model, entry = report_for_artifact(artifact, trust=True)
     labels = model.get("labels")
     for info, out in zip(session.get_outputs(), outputs):
         print(f"{info.name}: {out.dtype.name}{list(out.shape)}")
@@ -152,7 +126,6 @@ def cmd_run(args) -> int:
                 print(f"  {rank}. {label:<40} p={probs[idx]:.4f}  logit={logits[idx]:+.4f}")
         else:
             print("  " + np.array2string(out.ravel()[:10], precision=4))
-    _, entry = report_for_artifact(artifact)
     if (entry or {}).get("weights", {}).get("source") == "random":
         print("note: this artifact was exported with random weights; its predictions are not meaningful")
     return EXIT_OK
@@ -165,46 +138,22 @@ def cmd_bench(args) -> int:
     from sdk.progress import Progress
 
     progress = Progress(enabled=not args.quiet)
-    artifacts = [_existing(a) for a in args.artifacts]
+    artifacts = [_existing(a, args.trust) for a in args.artifacts]
     feeds = None
     if args.image or args.text or args.input:
-        feeds = [build_feed(a, args.image, args.text, args.input) or None for a in artifacts]
-    document = _remote_errors(lambda: bench(
+        feeds = [build_feed(a, args.image, args.text, args.input, trust=True) or None for a in artifacts]
+    document = bench(
         artifacts, runs=args.runs, warmup=args.warmup, threads=args.threads, feeds=feeds, device=args.device,
         runner=args.runner, remote_python=args.remote_python, profile_runs=args.profile_runs,
         backend=args.backend, ssh_key=args.ssh_key, ssh_options=args.ssh_option,
-        progress=progress.bar("bench"), note=progress.note))
+        progress=progress.bar("bench"), note=progress.note, trust=args.trust)
     print(format_table(document))
     if args.json:
-        from sdk.report import write_json_atomic
+        from device_runtime.atomic import write_json as write_json_atomic
 
         write_json_atomic(Path(args.json), document)
         print(f"  written {args.json}")
     return EXIT_OK
-
-
-def _remote_errors(call):
-    """Run `call`, turning remote transport errors into one-line CLI errors with the right exit code."""
-    try:
-        return call()
-    except ImportError:
-        raise
-    except Exception as exc:
-        from device_runtime.remote.transport import RemoteError, ToolMissingError
-        from device_runtime.remote.parsers import RunnerOutputError
-
-        if isinstance(exc, ToolMissingError):
-            raise CliError(str(exc), EXIT_UNSUPPORTED) from None
-        if isinstance(exc, (RemoteError, RunnerOutputError)):
-            raise CliError(str(exc), EXIT_BAD_INPUT) from None
-        raise
-
-
-def _sample_feed(artifact: Path):
-    """The model's first real sample when the report names a zoo model; else the session's example feed."""
-    from sdk.bench import sample_feed
-
-    return sample_feed(artifact)
 
 
 # -- profile -----------------------------------------------------------------------------------------
@@ -220,15 +169,16 @@ def cmd_profile(args) -> int:
                          row["profiler"] or f"none: {row['no_profiler']}"))
         _print_table(rows)
         return EXIT_OK
-    artifact = _existing(args.artifact)
-    feed = build_feed(artifact, args.image, args.text, args.input) or _sample_feed(artifact)
-    if args.device:
-        from sdk.bench import bench
+    artifact = _existing(args.artifact, args.trust)
+    from sdk.bench import bench, sample_feed
 
-        document = _remote_errors(lambda: bench(
+    # The model's first real sample when the manifest names a zoo model; else the session's example feed.
+    feed = build_feed(artifact, args.image, args.text, args.input, trust=True) or sample_feed(artifact, trust=True)
+    if args.device:
+        document = bench(
             [artifact], runs=max(1, args.runs), warmup=args.warmup, threads=args.threads, feeds=[feed],
             device=args.device, runner=args.runner, remote_python=args.remote_python, profile_runs=args.runs,
-            ssh_key=args.ssh_key, ssh_options=args.ssh_option))
+            ssh_key=args.ssh_key, ssh_options=args.ssh_option, trust=True)
         result = document["results"][0]
         if not result.get("profile"):
             raise CliError(f"no per-operator profile from {args.device}: "
@@ -239,7 +189,7 @@ def cmd_profile(args) -> int:
         table = session.profile(feed, runs=args.runs, warmup=args.warmup)
     print(table.to_text(top=args.top))
     if args.json:
-        from sdk.report import write_json_atomic
+        from device_runtime.atomic import write_json as write_json_atomic
 
         write_json_atomic(Path(args.json), {"artifact": str(artifact), "device": args.device or "local",
                                             "profile": table.to_dict()})
@@ -258,7 +208,7 @@ def cmd_analyze(args) -> int:
     rows = [analyze_model(name, tiny=args.tiny, seq_len=args.seq_len, roofline=roofline) for name in names]
     print(format_analysis(rows, roofline))
     if args.json:
-        from sdk.report import write_json_atomic
+        from device_runtime.atomic import write_json as write_json_atomic
 
         write_json_atomic(Path(args.json), {"roofline": roofline, "models": rows})
         print(f"  written {args.json}")
@@ -301,10 +251,15 @@ def _print_table(rows: list[tuple]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+TRUST_HELP = ("use the artifact even if its bytes no longer match the sha256 recorded in the report.json beside "
+              "it (default: refuse, since its figures describe another file)")
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="an exported artifact (.pte, .tflite, .onnx, ...); the format is read from its bytes")
     p.add_argument("--backend", help="runtime backend for the format (default: the first installed; see `pocketformer formats`)")
     p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
+    p.add_argument("--trust", action="store_true", help=TRUST_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says")
     src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
@@ -348,19 +303,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")
     exp.add_argument("--quiet", action="store_true", help="no progress lines")
-    option_dests: list[str] = []
-    seen_flags: set[str] = set()
-    for fmt in list_converters():
-        conv = get_converter(fmt)
-        if not conv.cli_options:
-            continue
-        group = exp.add_argument_group(f"{fmt} options")
-        for flag, kwargs in conv.cli_options:
-            if flag in seen_flags:  # shared by two formats: same meaning by contract
-                continue
-            seen_flags.add(flag)
-            action = group.add_argument(flag, **{"default": None, **kwargs})
-            option_dests.append(action.dest)
+    option_dests = _add_converter_options(exp)
     exp.set_defaults(func=lambda a: cmd_export(a, option_dests))
 
     run = sub.add_parser("run", help="run an artifact on an image, a sentence or raw tensors; print top outputs")
@@ -437,10 +380,55 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     tun.set_defaults(func=cmd_tune)
     from sdk.compress.cli import add_parser as add_compress_parser
     add_compress_parser(sub)
+    parser.add_argument("--verbose", action="store_true", help="show the toolchains' own log lines and warnings, "
+                                                               "and tracebacks of unexpected errors")
+    _add_verbose(sub)
     return parser, option_dests
 
 
+def _add_verbose(subparsers) -> None:
+    """`--verbose` after any subcommand too (SUPPRESS: a subcommand without it keeps the top-level value)."""
+    for p in subparsers.choices.values():
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbose(action)
+
+
+def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
+    """`export`'s format flags, generated from each converter's typed `Options` (one group per format).
+
+    A field two formats declare is one flag (same meaning by contract). Defaults are left to the dataclass
+    (argparse's default is None: "not given"), so the CLI and the Python API cannot disagree.
+    """
+    from converters import get_converter, list_converters
+    from converters.base import _field_type, option_fields, option_flag
+
+    dests: list[str] = []
+    for fmt in list_converters():
+        conv = get_converter(fmt)
+        fields = [f for f in option_fields(conv.Options) if f.name not in dests]
+        if not fields:
+            continue
+        group = exp.add_argument_group(f"{fmt} options")
+        for f in fields:
+            meta, kind = f.metadata, _field_type(conv.Options, f)
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": meta.get("help") or None}
+            flag = option_flag(f)
+            if kind is bool:
+                kwargs["action"] = "store_const"
+                kwargs["const"] = f.default is not True
+            else:
+                kwargs.update(type=kind if kind in (int, float) else str, metavar=meta.get("metavar"))
+                if meta.get("choices"):
+                    kwargs["choices"] = list(meta["choices"])
+            group.add_argument(flag, **kwargs)
+            dests.append(f.name)
+    return dests
+
+
 def _add_feed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="store_true", help=TRUST_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says "
                                      "(default: the model's first real sample)")
@@ -463,42 +451,44 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
                      help="an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
 
-def _exit_code(exc: BaseException) -> int | None:
-    """Map the SDK's typed errors to exit codes; None for errors that are bugs."""
-    import device_runtime
-    from converters import ConversionError, UnknownFormatName, UnsupportedError
-    from models_zoo import UnknownModelError, WeightsError
-    from converters.parity import DegenerateReferenceError, ParityError
+def _bug_pointer(exc: BaseException) -> str:
+    """Where an unexpected exception was raised, and the innermost frame of this product on the way."""
+    import traceback
 
-    if isinstance(exc, (ParityError, DegenerateReferenceError)):
-        return EXIT_PARITY
-    if isinstance(exc, (UnsupportedError, device_runtime.BackendUnavailableError)):
-        return EXIT_UNSUPPORTED
-    if isinstance(exc, ConversionError):
-        return EXIT_CONVERSION
-    if isinstance(exc, CliError):
-        return exc.code
-    if isinstance(exc, (UnknownModelError, UnknownFormatName, WeightsError, device_runtime.InputError,
-                        device_runtime.UnknownFormatError, device_runtime.CorruptArtifactError,
-                        FileNotFoundError, ValueError)):
-        return EXIT_BAD_INPUT
-    return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    where = lambda f: f"{f.filename}:{f.lineno} in {f.name}"  # noqa: E731
+    ours = [f for f in frames if any(f"/{pkg}/" in f.filename for pkg in ("sdk", "converters", "device_runtime",
+                                                                           "models_zoo"))]
+    if ours and ours[-1] is not frames[-1]:
+        return f"{where(frames[-1])}, via {where(ours[-1])}"
+    return where(frames[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sdk.quiet import quiet_native_logs
+
     parser, _ = build_parser()
     args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     try:
-        return args.func(args)
+        with quiet_native_logs(verbose):
+            return args.func(args)
     except KeyboardInterrupt:
         print("pocketformer: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        code = _exit_code(exc)
-        if code is None:
-            raise
+    except PocketformerError as exc:
         print(f"pocketformer: error: {exc}", file=sys.stderr)
-        return code
+        return exc.exit_code
+    except Exception as exc:  # not a typed error: a bug, never reported as bad input
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"pocketformer: internal error: {type(exc).__name__}: {str(exc)[:500]}\n"
+              f"  at {_bug_pointer(exc)} (a bug; rerun with --verbose for the traceback)", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sdk.report import REPORT_NAME
+from device_runtime import atomic
+from device_runtime import manifest
+from device_runtime.manifest import MANIFEST_NAME as REPORT_NAME
+from device_runtime.errors import UsageError
 
 BENCH_SCHEMA = "pocketformer.bench/1"
 
@@ -35,29 +38,35 @@ def collect(root: Path) -> dict[str, Any]:
     """Artifacts (from report.json), latency rows (from bench JSON), tune results, under `root`."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no such folder: {root}")
+        raise UsageError(f"no such folder: {root}")
     artifacts: dict[str, dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
     for report_path in sorted(root.rglob(REPORT_NAME)):
         try:
-            report = json.loads(report_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            found = manifest.read_manifest(report_path.parent)
+        except manifest.ManifestError:  # another tool's or an older report.json: not ours to show
             continue
-        model = report.get("model", {})
+        model = found.model
         if model.get("name"):
             models[model["name"]] = model
-        for entry in report.get("artifacts", {}).values():
-            path = (report_path.parent / entry["file"]).resolve()
-            parity = entry.get("parity") or {}
+        for name, entry in found.artifacts.items():
+            path = (report_path.parent / name).resolve()
+            try:  # figures of bytes that are no longer there would mislead: say so in the table
+                manifest.load_entry(path)
+                modified = False
+            except (manifest.ArtifactModifiedError, FileNotFoundError):
+                modified = True
+            parity = entry.parity or {}
             quant, lowering = parity.get("quantization") or {}, parity.get("lowering") or {}
             artifacts[str(path)] = {
-                "model": model.get("name", "?"), "family": model.get("family"), "format": entry.get("format"),
-                "precision": entry.get("precision"), "path": str(path), "size_bytes": entry.get("size_bytes"),
-                "verified": parity.get("passed"), "skipped": parity.get("skipped"),
+                "model": model.get("name", "?"), "family": model.get("family"), "format": entry.format,
+                "precision": entry.precision, "path": str(path), "size_bytes": entry.size_bytes,
+                "verified": None if modified else parity.get("passed"),
+                "skipped": "modified since export" if modified else parity.get("skipped"),
                 "max_abs_err": lowering.get("max_abs_err"),
                 "err_vs_fp32": quant.get("max_abs_err", lowering.get("max_abs_err")),
-                "sqnr_db": quant.get("sqnr_db"), "export_s": (entry.get("timings") or {}).get("export_s"),
-                "weights": (entry.get("weights") or {}).get("source")}
+                "sqnr_db": quant.get("sqnr_db"), "export_s": (entry.timings or {}).get("export_s"),
+                "weights": (entry.weights or {}).get("source")}
     latency: dict[tuple[str, str], dict[str, Any]] = {}
     bench_files = []
     tunes = []
@@ -130,7 +139,7 @@ def model_flops(data: dict[str, Any], cache: Path) -> dict[str, dict[str, Any]]:
             known[name] = {k: row[k] for k in ("flops", "params", "mac_bytes", "arithmetic_intensity", "gflops")}
         changed = True
     if changed:
-        from sdk.report import write_json_atomic
+        from device_runtime.atomic import write_json as write_json_atomic
 
         write_json_atomic(cache, known)
     return known
@@ -358,7 +367,7 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
     root = Path(root)
     data = collect(root)
     if not data["artifacts"] and not data["latency"]:
-        raise FileNotFoundError(f"nothing to report under {root}: no {REPORT_NAME} and no bench JSON "
+        raise UsageError(f"nothing to report under {root}: no {REPORT_NAME} and no bench JSON "
                                 f"(schema {BENCH_SCHEMA}) files")
     html_path = Path(html_path) if html_path else root / "report.html"
     markdown_path = Path(markdown_path) if markdown_path else root / "report.md"
@@ -416,7 +425,7 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
             parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,"
                          f"{base64.b64encode(png).decode('ascii')}'>")
             files_dir.mkdir(parents=True, exist_ok=True)
-            (files_dir / f"{key}.png").write_bytes(png)
+            atomic.write_bytes(files_dir / f"{key}.png", png)
             md.append(f"![{title}]({files_dir.name}/{key}.png)")
         else:
             parts.append("<p class='note'>No data for this plot.</p>")
@@ -433,8 +442,8 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
     md += ["## Artifacts", "", _md_table(*tabs["artifacts"]), ""]
     parts.append("</body></html>")
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text("\n".join(parts), encoding="utf-8")
-    markdown_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    atomic.write_text(html_path, "\n".join(parts))
+    atomic.write_text(markdown_path, "\n".join(md) + "\n")
     return {"html": html_path, "markdown": markdown_path}
 
 

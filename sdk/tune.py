@@ -13,10 +13,12 @@ No backend wins everywhere (see the baseline table in DESIGN.md): the pick is me
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from device_runtime import atomic
+from models_zoo.precision import Precision
 
 TUNE_NAME = "tune.json"
 
@@ -67,10 +69,11 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
          precisions: Sequence[str] | None = None, runs: int = 50, warmup: int = 5, threads: int | None = None,
          weights: str | None = None, eager: bool = True, progress=None) -> dict[str, Any]:
     from converters.base import ConversionError, UnsupportedError
-    from sdk.export import _spec, export
+    from sdk.pipeline import _spec, export
     from sdk.progress import Progress
-    from sdk.report import tool_versions, write_json_atomic
-    from sdk.verify import DegenerateReferenceError, ParityError
+    from device_runtime.atomic import write_json as write_json_atomic
+    from sdk.report import tool_versions
+    from converters.parity import DegenerateReferenceError, ParityError
 
     progress = progress or Progress(enabled=False)
     spec = _spec(model, tiny, seq_len)
@@ -125,7 +128,7 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         for c in kept:
             c["x_best"] = c["p50_ms"] / best["p50_ms"]
         link = folder / f"best{Path(best['path']).suffix}"
-        _link(link, Path(best["path"]))
+        atomic.symlink(link, Path(best["path"]))
         document["pick"] = {**best, "link": str(link)}
         document["bench"] = str(folder / "bench_tune.json")
         if eager_row:
@@ -150,7 +153,7 @@ def roofline_of(spec, pick: dict[str, Any], weights: str | None, threads: int | 
         return {"error": f"{type(exc).__name__}: {exc}"}
     bound = roofline_bound(row["flops"], row["mac_bytes"], roofline, pick["precision"])
     out = {"gflops": row["gflops"], "mac_mb": row["mac_bytes"] / 1e6, "cpu": roofline["cpu"],
-           "cores": roofline["cores"], "peak_gops": roofline["peak_int8_gops" if pick["precision"].startswith("int8")
+           "cores": roofline["cores"], "peak_gops": roofline["peak_int8_gops" if Precision.of(pick["precision"]).computes_int8
                                                              else "peak_fp32_gflops"],
            "measured_fp32_matmul_gflops": roofline.get("measured_fp32_matmul_gflops"),
            "bandwidth_gbs": roofline.get("bandwidth_gbs"), **bound}
@@ -189,20 +192,6 @@ def EagerSession(spec, weights: str | None = None, threads: int | None = None):
             return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
 
     return _Eager()
-
-
-def _link(link: Path, target: Path) -> None:
-    """A relative symlink `link` -> `target` (a copy where symlinks are not allowed)."""
-    import shutil
-
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.is_dir():
-        shutil.rmtree(link)
-    try:
-        os.symlink(os.path.relpath(target.resolve(), link.parent.resolve()), link)
-    except OSError:
-        (shutil.copytree if target.is_dir() else shutil.copy2)(target, link)
 
 
 def format_tune(document: dict[str, Any]) -> str:

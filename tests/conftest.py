@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory):
     """`export_tiny(model, fmt, precision, **options)` -> ExportResult, exported once per test session."""
-    from sdk.export import export
+    from sdk.pipeline import export
 
     root = tmp_path_factory.mktemp("exports")
 

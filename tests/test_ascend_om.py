@@ -25,9 +25,10 @@ pytest.importorskip("onnxruntime")
 
 import device_runtime  # noqa: E402
 from converters import UnsupportedError, get_converter  # noqa: E402
-from converters.ascend_om import (ATC_MAX_OPSET, AtcError, AtcOptionError, AtcOptions,  # noqa: E402
-                                  UnsupportedOperatorError, aipp_config, aipp_reference, find_atc, load_op_table,
-                                  precheck, translate_atc_log)
+from converters.ascend_aipp import aipp_config, aipp_reference  # noqa: E402
+from converters.ascend_atc import (ATC_MAX_OPSET, AtcError, AtcOptionError, AtcOptions, find_atc,  # noqa: E402
+                                   translate_atc_log)
+from converters.ascend_precheck import UnsupportedOperatorError, load_op_table, precheck  # noqa: E402
 from device_runtime.backends.ascend import OM_HEADER_LEN, OM_MAGIC_BYTES, read_om_header  # noqa: E402
 from models_zoo import InputSpec, ModelSpec, Tolerance, get_model  # noqa: E402
 from models_zoo import family_representatives  # noqa: E402
@@ -376,14 +377,14 @@ def test_without_cann(built, no_cann, tmp_path, monkeypatch):
 
 
 def test_pipeline_without_cann_says_how(no_cann, tmp_path):
-    from sdk.export import export
+    from sdk.pipeline import export
 
     with pytest.raises(UnsupportedError, match="--atc-script"):
         export(BERT, "om", "fp16", out_dir=tmp_path, tiny=True)
 
 
 def test_pipeline_atc_script_folder(no_cann, tmp_path):
-    from sdk.export import export
+    from sdk.pipeline import export
 
     result = export(VISION, "om", "fp16", out_dir=tmp_path, tiny=True, atc_script=True, soc_version=SOC)[0]
     assert result.path.name == "model.atc" and (result.path / "atc.sh").is_file()
@@ -420,7 +421,7 @@ def test_int8_is_static_and_needs_amct(built, no_cann):
 
 
 def test_int8_atc_script_folder_calibrates_with_amct_before_atc(no_cann, tmp_path):
-    from sdk.export import export
+    from sdk.pipeline import export
 
     spec = get_model(VISION, tiny=True)
     result = export(VISION, "om", "int8-static", out_dir=tmp_path, tiny=True, atc_script=True, soc_version=SOC)[0]
@@ -428,10 +429,10 @@ def test_int8_atc_script_folder_calibrates_with_amct_before_atc(no_cann, tmp_pat
     script = (folder / "atc.sh").read_text()
     calibrate = script.index("python3 amct_calibrate.py model.onnx calibration.npz amct/model")
     assert calibrate < script.index("--model=amct/model_deploy_model.onnx")
-    assert result.details["amct"] == {"ran": False, "calibration_samples": len(spec.sample_inputs()),
+    assert result.details["amct"] == {"ran": False, "calibration_samples": len(spec.calibration_inputs()),
                                       "command": "python3 amct_calibrate.py model.onnx calibration.npz amct/model"}
     with np.load(folder / "calibration.npz") as data:
-        np.testing.assert_array_equal(data[f"0/{spec.input_names[0]}"], spec.sample_inputs()[0][spec.input_names[0]])
+        np.testing.assert_array_equal(data[f"0/{spec.input_names[0]}"], spec.calibration_inputs()[0][spec.input_names[0]])
     assert "amct_calibrate.py" in (folder / "README.md").read_text()
 
     env = {**os.environ, "PYTHONPATH": ""}
@@ -443,7 +444,7 @@ def test_int8_atc_script_folder_calibrates_with_amct_before_atc(no_cann, tmp_pat
     assert done.returncode == 0, done.stderr
     assert (folder / "amct" / "model_deploy_model.onnx").is_file()
     config = json.loads((folder / "amct" / "amct_tmp" / "config.json").read_text())
-    assert config["batch_num"] == len(spec.sample_inputs())
+    assert config["batch_num"] == len(spec.calibration_inputs())
 
 
 def test_int8_with_amct_here_checks_its_simulation_then_runs_atc(built, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from sdk.compress import (binarize, distill, layer_map, prune_magnitude, prune_s
                           unpack_binary)
 from sdk.compress.core import outputs
 from sdk.compress.quant import fake_quant
-from sdk.export import export
+from sdk.pipeline import export
 
 MODEL = "minilm_l6_h384"
 # Tiny models, small batches, few held-out sentences: mechanics, not accuracy.

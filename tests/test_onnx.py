@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from converters.base import option_flags
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -31,7 +33,7 @@ def test_onnx_is_registered():
     converter = get_converter("onnx")
     assert converter.artifact_name() == "model.onnx"
     assert converter.artifact_name(ort_optimize="extended") == "model.ort-extended.onnx"
-    flags = [flag for flag, _ in converter.cli_options]
+    flags = [flag for flag in option_flags(converter.Options)]
     assert {"--opset", "--dynamic-shapes", "--ort-optimize"} <= set(flags)
 
 
@@ -60,7 +62,7 @@ def test_int8_recipe_per_family_and_sqnr(export_tiny, model):
     if spec.int8_scheme == "static":
         assert result.precision == "int8-static"
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ, calibrated
-        assert result.details["quantization"]["calibration_samples"] == len(spec.sample_inputs())
+        assert result.details["quantization"]["calibration_samples"] == len(spec.calibration_inputs())
     else:
         assert result.precision == "int8-dynamic"
         assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops

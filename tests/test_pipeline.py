@@ -10,7 +10,7 @@ import torch
 
 from converters import atomic_path, base, get_converter
 from converters.executorch import ExecuTorchConverter
-from sdk.export import export
+from sdk.pipeline import export
 from converters.parity import DegenerateReferenceError, ParityError, check_spread, compare
 
 
@@ -36,8 +36,11 @@ def test_a_miscompiled_artifact_fails_parity_and_is_not_written(tmp_path, monkey
     folder = tmp_path / "mobilevit_xxs-tiny" / "fp32"
     assert not (folder / "model.pte").exists()
     assert [p.name for p in folder.iterdir()] == ["report.json"]  # no temporary leftovers
-    entry = json.loads((folder / "report.json").read_text())["artifacts"]["model.pte"]
-    assert entry["parity"]["passed"] is False and entry["parity"]["failures"]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["artifacts"] == {}  # a failed attempt is kept apart, never as an artifact entry
+    failed = report["failed"][-1]
+    assert failed["file"] == "model.pte" and failed["error"] == "ParityError"
+    assert failed["parity"]["passed"] is False and failed["parity"]["failures"]
 
 
 def test_atomic_path_leaves_the_old_artifact_on_failure(tmp_path):

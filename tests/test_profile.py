@@ -102,9 +102,9 @@ def test_backends_without_profiler_say_so_by_format():
     message = str(info.value)
     assert "tflite" in message and "ai_edge_litert" in message and "benchmark_model" in message
     # The CLI maps it to "not supported here".
-    from sdk.cli import EXIT_UNSUPPORTED, _exit_code
+    from device_runtime.errors import EXIT_UNSUPPORTED
 
-    assert _exit_code(info.value) == EXIT_UNSUPPORTED
+    assert info.value.exit_code == EXIT_UNSUPPORTED
 
 
 def test_capability_table_covers_every_registered_backend():

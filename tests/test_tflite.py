@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters.base import option_flags
+
 from models_zoo import family_representatives
 from converters import get_converter, resolve_precision
 from converters.base import ConversionError, UnsupportedError
@@ -206,7 +208,7 @@ def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match="embedding_lookup"):
         converter.convert(module, spec, "int8-static", feeds, tmp_path / "a.tflite")
     result = converter.convert(module, spec, "int8-static", feeds, tmp_path / "b.tflite", allow_fallback=True)
-    assert result.details["precision"] == "int8-dynamic" and "FALLBACK" in result.details["route"]
+    assert result.precision == "int8-dynamic" and "FALLBACK" in result.details["route"]  # a typed field, not a detail
     assert "embedding_lookup" in result.details["fallback_reason"] and result.reference is module
 
 
@@ -217,7 +219,7 @@ def test_unsupported_requests():
     with pytest.raises(UnsupportedError, match="int8-static only"):
         converter.convert(None, spec, "fp32", [], Path("unused.tflite"), int8_io=True)
     assert converter.artifact_name(int8_io=True) != converter.artifact_name()
-    flags = {flag for flag, _ in converter.cli_options}
+    flags = {flag for flag in option_flags(converter.Options)}
     assert {"--int8-io", "--allow-fallback"} <= flags
 
 
@@ -366,7 +368,7 @@ def test_mutated_files_never_crash_the_process(fp32_bert, tmp_path):
     code = textwrap.dedent(f"""
         import random, sys
         import device_runtime
-        from device_runtime.backends.tflite import verify_flatbuffer
+        from device_runtime.backends.tflite_verifier import verify_flatbuffer
         from ai_edge_litert import schema_py_generated as fb
         src = open({str(fp32_bert.path)!r}, "rb").read()
         model = fb.Model.GetRootAs(src, 0)

@@ -36,6 +36,56 @@ def test_every_model_has_a_small_tiny_variant_with_real_spread(name):
     assert not np.allclose(outputs[0][0], outputs[1][0])
 
 
+# -- calibration and verification data ------------------------------------------------------------------
+def _same_feed(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _assert_real_photos(spec, feeds):
+    prep = spec.preprocessing()
+    mean = np.asarray(prep["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(prep["std"], np.float32).reshape(1, 3, 1, 1)
+    for feed in feeds:
+        rgb = feed["pixel_values"] * std + mean  # back to [0, 1] pixels
+        assert rgb.min() >= -1e-5 and rgb.max() <= 1 + 1e-5
+        assert rgb.std() > 0.05  # not a flat image
+        # A photograph is smooth at the pixel scale: neighbours correlate (uniform noise would give ~0; the
+        # least smooth photo here, grass at 64x64, gives 0.40).
+        left, right = rgb[..., :, :-1].ravel(), rgb[..., :, 1:].ravel()
+        assert np.corrcoef(left, right)[0, 1] > 0.3
+
+
+def _assert_real_sentences(spec, feeds):
+    vocab = bert_vocab_path().read_text().splitlines()
+    for feed in feeds:
+        length = int(feed["attention_mask"].sum())
+        assert (feed["attention_mask"][0, :length] == 1).all()  # padding only at the end
+        ids = feed["input_ids"][0, :length]
+        words = [vocab[i] for i in ids]
+        assert words[0] == "[CLS]" and words[-1] == "[SEP]" and words.count("[SEP]") in (1, 2)
+        body = [w for w in words if not w.startswith("[")]
+        assert len(body) >= 5 and sum(w.strip("#").isalpha() for w in body) >= 0.7 * len(body)
+        assert "[UNK]" not in words
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_calibration_and_verification_feeds_are_disjoint_real_data(name):
+    spec = get_model(name, tiny=True)
+    verify, calibrate = spec.sample_inputs(), spec.calibration_inputs()
+    assert len(verify) >= 6 and len(calibrate) >= 6
+    for feed in verify:
+        assert not any(_same_feed(feed, other) for other in calibrate), "a verification feed is also calibrated on"
+    # No feed array of the model's content input (pixels, token ids) is shared either.
+    content = spec.input_names[0]
+    for feed in verify:
+        assert not any(np.array_equal(feed[content], other[content]) for other in calibrate)
+    for feeds in (verify, calibrate):  # and neither set repeats itself
+        assert len({f[content].tobytes() for f in feeds}) == len(feeds)
+    check = _assert_real_photos if spec.preprocessing()["kind"] == "image" else _assert_real_sentences
+    check(spec, verify)
+    check(spec, calibrate)
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(UnknownModelError) as err:
         get_model("mobilevit_xxxl")
@@ -81,6 +131,57 @@ def test_sequence_length_is_a_parameter_and_long_text_is_truncated():
     assert feed["input_ids"][0, -1] == 102  # [SEP] kept at the end
     with pytest.raises(ValueError, match="sequence length"):
         get_model("tinybert_4l_312d").with_seq_len(4096)
+
+
+def _zoo_import_graph() -> dict[str, set[str]]:
+    """Which models_zoo modules each models_zoo module imports (anywhere in it, functions included)."""
+    import ast
+    from pathlib import Path
+
+    import models_zoo
+
+    folder = Path(models_zoo.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name in modules:
+        edges = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("models_zoo"):
+                parts = node.module.split(".")
+                if len(parts) == 2:
+                    edges.add(parts[1])
+                else:  # `from models_zoo import x`: a submodule, or the package (which imports every family)
+                    edges.update(a.name if a.name in modules else "__init__" for a in node.names)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name.split(".")[1] if "." in a.name else "__init__"
+                             for a in node.names if a.name.startswith("models_zoo"))
+        graph[name] = edges
+    return graph
+
+
+def test_the_zoo_modules_import_each_other_without_a_cycle():
+    """spec <-> weights was a cycle (spec.build imported weights, weights imported spec's types): none now."""
+    graph = _zoo_import_graph()
+    assert graph["weights"] <= {"errors"} and graph["errors"] == set()
+    assert all("__init__" not in edges for edges in graph.values()), "a zoo module imports the package itself"
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(node):] + [node]))
+        if node in done:
+            return
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt)
+        path.pop()
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module)
+    from models_zoo import UnknownModelError as A, WeightsError as B
+    from models_zoo.spec import UnknownModelError as C, WeightsError as D  # still importable from spec
+    assert A is C and B is D and issubclass(A, KeyError) and issubclass(B, ValueError)
 
 
 def test_random_weights_are_seeded_and_said_so():

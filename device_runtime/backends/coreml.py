@@ -18,13 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, InputError
+from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, ExecutionError
 from device_runtime.registry import Backend, Format, module_present, register_backend, register_format
 from device_runtime.session import Session, TensorInfo
 
 NOT_ON_MAC = "Core ML prediction needs macOS (coremltools converts and validates on Linux but cannot run models)"
 MODEL_ITEM = "com.apple.CoreML/model.mlmodel"
+# Pocketformer's keys in the package's user-defined metadata, written by converters.coreml under META_PREFIX;
+# this backend reads these three.
 META_PREFIX = "pocketformer."
+META_INPUTS, META_COMPUTE_UNITS, META_LABELS = "inputs", "compute_units", "labels"
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 _ARRAY_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "DOUBLE": np.float64, "INT32": np.int32,
                  "INT8": np.int8}
@@ -82,7 +85,7 @@ class CoreMLSession(Session):
             raise CorruptArtifactError(f"{path} is not a readable Core ML package: {exc}") from None
         self.metadata = {k[len(META_PREFIX):]: v for k, v in spec.description.metadata.userDefined.items()
                          if k.startswith(META_PREFIX)}
-        units = (compute_units or self.metadata.get("compute_units") or "all").lower()
+        units = (compute_units or self.metadata.get(META_COMPUTE_UNITS) or "all").lower()
         if units not in COMPUTE_UNITS:
             raise ValueError(f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}")
         self.compute_units = units
@@ -102,7 +105,7 @@ class CoreMLSession(Session):
     # -- metadata --------------------------------------------------------------------------------
     def _dynamic_axis_names(self) -> dict[str, dict[int, str]]:
         try:
-            inputs = json.loads(self.metadata.get("inputs", "[]"))
+            inputs = json.loads(self.metadata.get(META_INPUTS, "[]"))
             return {i["name"]: {int(k): v for k, v in i.get("dynamic_axes", {}).items()} for i in inputs}
         except (ValueError, KeyError, TypeError):
             return {}
@@ -149,7 +152,7 @@ class CoreMLSession(Session):
         return {"runtime_version": self._ct.__version__, "compute_units": self.compute_units.upper(),
                 "specification_version": self._spec_version,
                 "num_threads_note": "Core ML chooses its own threads; num_threads is not applied",
-                "metadata": {k: v for k, v in self.metadata.items() if k not in ("labels", "inputs")}}
+                "metadata": {k: v for k, v in self.metadata.items() if k not in (META_LABELS, META_INPUTS)}}
 
     # -- running ---------------------------------------------------------------------------------
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -159,7 +162,9 @@ class CoreMLSession(Session):
         try:
             result = self._model.predict(feed)
         except Exception as exc:
-            raise InputError(f"Core ML prediction failed: {exc}") from None
+            # The feed was validated against the model's inputs already: this is the runtime failing, not bad input.
+            raise ExecutionError(f"coreml failed while running {self.path}: {type(exc).__name__}: "
+                                 f"{str(exc).strip()[:500]}") from exc
         outputs = []
         for info in self._outputs:
             value = result[info.name]

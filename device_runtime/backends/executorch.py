@@ -27,7 +27,11 @@ from device_runtime.registry import (Backend, Format, read_head, register_backen
                                      requires_module)
 from device_runtime.session import Session, TensorInfo
 
+# Pocketformer's converter (converters.executorch) embeds the spec's input/output names as this constant method:
+# UTF-8 JSON {META_INPUTS: [...], META_OUTPUTS: [...]} in a uint8 tensor.
 META_METHOD = "pocketformer_meta"
+META_INPUTS, META_OUTPUTS = "inputs", "outputs"
+FILE_IDENTIFIER_PREFIX = b"ET"  # bytes 4..6 of a .pte; bytes 6..8 are the schema version
 # ExecuTorch ScalarType codes (c10 numbering).
 SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
                 7: np.float64, 11: np.bool_}
@@ -38,7 +42,7 @@ def is_pte(path: Path) -> bool:
     if not path.is_file():
         return False
     head = read_head(path, 8)
-    return len(head) == 8 and head[4:6] == b"ET" and head[6:8].isdigit()
+    return len(head) == 8 and head[4:6] == FILE_IDENTIFIER_PREFIX and head[6:8].isdigit()
 
 
 class ExecuTorchSession(Session):
@@ -72,8 +76,8 @@ class ExecuTorchSession(Session):
         self._method_name = method
         meta = self._embedded_meta(program)
         mm = self._method.metadata
-        in_names = meta.get("inputs") or [f"input_{i}" for i in range(mm.num_inputs())]
-        out_names = meta.get("outputs") or [f"output_{i}" for i in range(mm.num_outputs())]
+        in_names = meta.get(META_INPUTS) or [f"input_{i}" for i in range(mm.num_inputs())]
+        out_names = meta.get(META_OUTPUTS) or [f"output_{i}" for i in range(mm.num_outputs())]
         if len(in_names) != mm.num_inputs() or len(out_names) != mm.num_outputs():
             raise CorruptArtifactError(f"{path}: embedded names do not match the program's inputs/outputs")
         self._inputs = [self._info(n, mm.input_tensor_meta(i)) for i, n in enumerate(in_names)]
@@ -99,6 +103,10 @@ class ExecuTorchSession(Session):
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         outputs = self._method.execute([self._torch.from_numpy(a) for a in arrays])
         return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outputs]
+
+    def raw_runner(self, arrays: Sequence[np.ndarray]):
+        method, tensors = self._method, [self._torch.from_numpy(a) for a in arrays]
+        return lambda: method.execute(tensors)
 
     def _backend_info(self) -> dict:
         from importlib.metadata import version

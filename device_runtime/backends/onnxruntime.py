@@ -27,6 +27,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from device_runtime.backends.ascend import OM_MAGIC_BYTES
+from device_runtime.backends.executorch import FILE_IDENTIFIER_PREFIX as PTE_IDENTIFIER_PREFIX
+from device_runtime.backends.tflite_verifier import FILE_IDENTIFIER as TFLITE_IDENTIFIER
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
 from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
@@ -75,7 +78,8 @@ def is_onnx(path: Path) -> bool:
         return True
     # A `.onnx` whose bytes are no ModelProto is claimed (loading then says it is corrupt), unless the bytes are
     # another format's: a flatbuffer identifier (TFLite "TFL3", ExecuTorch "ET..") or an Ascend .om header.
-    foreign = head[4:8] == b"TFL3" or head[4:6] == b"ET" or head[:4] == b"IMOD"
+    foreign = (head[4:8] == TFLITE_IDENTIFIER or head[4:6] == PTE_IDENTIFIER_PREFIX
+               or head[:4] == OM_MAGIC_BYTES)
     return path.suffix.lower() == ".onnx" and not foreign
 
 
@@ -163,6 +167,10 @@ class OnnxRuntimeSession(Session):
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self._session.run(None, dict(zip(self._input_names, arrays)))
+
+    def raw_runner(self, arrays: Sequence[np.ndarray]):
+        session, feed = self._session, dict(zip(self._input_names, arrays))
+        return lambda: session.run(None, feed)
 
     def _backend_info(self) -> dict[str, Any]:
         options = self._session.get_session_options()

@@ -20,10 +20,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from device_runtime.errors import PocketformerError
 from device_runtime.profile import OpProfile, OpProfileRow
 
 
-class RunnerOutputError(ValueError):
+class RunnerOutputError(PocketformerError, ValueError):
     """The runner's output does not contain the figures expected (or says the run failed)."""
 
 

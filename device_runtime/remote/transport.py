@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from device_runtime.errors import BackendUnavailableError
+from device_runtime.errors import EXIT_UNSUPPORTED, ArtifactNotFoundError, BackendUnavailableError, PocketformerError, UsageError
 from device_runtime.measure import SCHEMA, add_ratios
 from device_runtime.remote.bench_main import BEGIN, END
 
 
-class RemoteError(RuntimeError):
+class RemoteError(PocketformerError, RuntimeError):
     """A remote benchmark could not be run."""
 
 
@@ -53,6 +53,8 @@ class DeviceAuthError(RemoteError):
 
 class ToolMissingError(RemoteError):
     """A local tool the transport needs (ssh, scp, adb) is not installed."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 class DeviceRuntimeMissingError(BackendUnavailableError):
@@ -90,14 +92,14 @@ def parse_device(device: str) -> SSHTarget | AdbTarget:
     if device.startswith("ssh://"):
         m = _SSH_URL.match(device)
         if not m:
-            raise ValueError(f"cannot read --device {device!r}: expected ssh://[user@]host[:port]")
+            raise UsageError(f"cannot read --device {device!r}: expected ssh://[user@]host[:port]")
         port = int(m.group("port") or 22)
         if not 0 < port < 65536:
-            raise ValueError(f"--device {device!r}: port {port} is out of range")
+            raise UsageError(f"--device {device!r}: port {port} is out of range")
         return SSHTarget(m.group("host").strip("[]"), m.group("user"), port)
     if device.startswith("adb:") or device == "adb":
         return AdbTarget(device[4:] if device.startswith("adb:") else "")
-    raise ValueError(f"unknown --device {device!r}: use ssh://[user@]host[:port] or adb:SERIAL")
+    raise UsageError(f"unknown --device {device!r}: use ssh://[user@]host[:port] or adb:SERIAL")
 
 
 # -- transports -------------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ class SSHTransport(Transport):
             common += ["-o", option]
         if key:
             if not Path(key).is_file():
-                raise FileNotFoundError(f"no such SSH key: {key}")
+                raise UsageError(f"no such SSH key: {key}")
             common += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
         self._common = common
         self._dest = f"{target.user}@{target.host}" if target.user else target.host
@@ -277,7 +279,7 @@ def remote_benchmark(device: str, artifacts: Sequence[str | os.PathLike], *, run
     artifacts = [Path(a) for a in artifacts]
     for artifact in artifacts:
         if not artifact.exists():
-            raise FileNotFoundError(f"no such artifact: {artifact}")
+            raise ArtifactNotFoundError(f"no such artifact: {artifact}")
     formats = [sniff_format(a) for a in artifacts]
     names = list(names) if names is not None else [a.name for a in artifacts]
     note = progress or (lambda message: None)
@@ -343,7 +345,7 @@ def _python(transport: Transport, workdir: str, artifacts, names, feeds, runs, w
         if error.get("kind") == "runtime_missing":
             raise DeviceRuntimeMissingError(message)
         if error.get("kind") == "bad_input":
-            raise ValueError(message)
+            raise UsageError(message)
         raise RemoteError(f"{message} ({error.get('type')})")
     return document
 
@@ -388,14 +390,14 @@ def _native(transport: Transport, workdir: str, artifacts, formats, names, runne
 
     runner_path = Path(runner)
     if not runner_path.is_file():
-        raise FileNotFoundError(f"no such runner binary: {runner}")
+        raise UsageError(f"no such runner binary: {runner}")
     unsupported = sorted({f for f in formats if f not in RUNNER_FORMATS})
     if unsupported:
-        raise ValueError(f"--runner benchmarks {', '.join(f'.{f} with {r}' for f, r in RUNNER_FORMATS.items())}; "
+        raise UsageError(f"--runner benchmarks {', '.join(f'.{f} with {r}' for f, r in RUNNER_FORMATS.items())}; "
                          f"not {', '.join(unsupported)} (drop --runner to use the device's Python runtime)")
     kinds = {RUNNER_FORMATS[f] for f in formats}
     if len(kinds) > 1:
-        raise ValueError(f"one --runner cannot run {' and '.join(sorted(kinds))} artifacts; bench each format apart")
+        raise UsageError(f"one --runner cannot run {' and '.join(sorted(kinds))} artifacts; bench each format apart")
     kind = kinds.pop()
     note(f"copying {runner_path.name} and {len(artifacts)} artifact(s) to {transport.label}:{workdir}")
     with tempfile.TemporaryDirectory(prefix="pf-remote-") as tmp:

@@ -21,6 +21,7 @@ import numpy as np
 from models_zoo.bert import find_bert
 from sdk.compress.core import (CompressResult, TrainConfig, base_report, frozen_copy, get_corpus, measure, outputs,
                                recover, resolve)
+from device_runtime.errors import UsageError
 
 SCOPES = ("all", "ffn", "attention")
 
@@ -61,7 +62,7 @@ def _binary_linear_class():
 
 def _in_scope(name: str, scope: str) -> bool:
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     # encoder-relative names: layer.N.attention.{self.query,self.key,self.value,output.dense},
     # layer.N.intermediate.dense, layer.N.output.dense
     if scope == "ffn":
@@ -161,5 +162,5 @@ def binarize(model, *, weights: str | None = None, tiny: bool = False, scope: st
                 "artifacts store it exactly at 8 bits; binary.safetensors holds the packed 1-bit form"})
     report["history"] = history
     result = CompressResult("binarize", spec, float_model, report)
-    result.extra_files["binary.safetensors"] = lambda out: save_file(packed, str(Path(out) / "binary.safetensors"))
+    result.extra_files["binary.safetensors"] = lambda path: save_file(packed, str(path))
     return result

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from device_runtime.errors import UsageError
+
 METHODS = ("qat", "distill", "prune", "binarize")
 DEFAULT_STEPS = {"qat": 100, "distill": 300, "prune": 100, "binarize": 200}
 # QAT and binarized weights are exactly representable at int8; the others export at the model's default.
@@ -102,7 +104,7 @@ def run_method(args):
     if method == "prune":
         structured = args.heads is not None or args.ffn is not None
         if structured == (args.sparsity is not None):
-            raise ValueError("--method prune needs either --sparsity (magnitude) or --heads/--ffn (structured)")
+            raise UsageError("--method prune needs either --sparsity (magnitude) or --heads/--ffn (structured)")
         if structured:
             from sdk.compress.prune import prune_structured
 
@@ -118,7 +120,7 @@ def run_method(args):
 
 def cmd_compress(args) -> int:
     from sdk.compress.report import summary_lines, write_markdown
-    from sdk.report import write_json_atomic
+    from device_runtime.atomic import write_json as write_json_atomic
 
     result = run_method(args)
     out = result.save(args.out)

@@ -21,6 +21,7 @@ import numpy as np
 from models_zoo import ModelSpec, get_model
 from models_zoo.bert import ARCHITECTURE_KEY, find_bert
 from sdk.compress.data import Corpus, batches, get_corpus, tokenize_batch
+from device_runtime.errors import UsageError
 
 COMPRESS_KEY = "pocketformer.compress"
 DEFAULT_TRAIN_LEN = 64   # tokens; docstring sentences are ~20 tokens, so little is truncated
@@ -36,7 +37,7 @@ def resolve(model, weights: str | None = None, tiny: bool = False, seed: int = 0
     if tiny and not spec.is_tiny:
         spec = spec.tiny()
     if not hasattr(spec, "with_architecture"):
-        raise ValueError(f"compression recipes support the BERT family (BertSpec); {spec.name} is {spec.family}")
+        raise UsageError(f"compression recipes support the BERT family (BertSpec); {spec.name} is {spec.family}")
     module = spec.build(weights=str(weights) if weights else None, seed=seed)
     return spec, module
 
@@ -117,7 +118,7 @@ class Taps:
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """TinyBERT's uniform mapping g(m) = m * N / M: student layer m (1-based) learns from teacher layer g(m)."""
     if student_layers > teacher_layers:
-        raise ValueError(f"a student of {student_layers} layers cannot map onto a teacher of {teacher_layers}")
+        raise UsageError(f"a student of {student_layers} layers cannot map onto a teacher of {teacher_layers}")
     return [int(round(m * teacher_layers / student_layers)) for m in range(1, student_layers + 1)]
 
 
@@ -356,21 +357,21 @@ class CompressResult:
         readable by people and transformers) and OUT/compress_report.json; returns the checkpoint folder."""
         from safetensors.torch import save_file
 
-        from sdk.report import write_json_atomic
+        from device_runtime.atomic import atomic_path, write_json as write_json_atomic
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arch = self.architecture
         state = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
         meta = {ARCHITECTURE_KEY: json.dumps(arch), COMPRESS_KEY: json.dumps({"method": self.method})}
-        tmp = out / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(out / "model.safetensors")
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata=meta)
         hf = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": find_bert(self.model).config.vocab_size,
               **arch["config"], "pocketformer": {k: v for k, v in arch.items() if k != "config"}}
         write_json_atomic(out / "config.json", hf)
-        for _, writer in self.extra_files.items():
-            writer(out)
+        for name, writer in self.extra_files.items():
+            with atomic_path(out / name) as tmp:  # each writer writes the file it is given
+                writer(tmp)
         self.report.setdefault("checkpoint", {})
         self.report["checkpoint"].update({"path": str(out / "model.safetensors"),
                                           "size_bytes": (out / "model.safetensors").stat().st_size,

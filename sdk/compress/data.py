@@ -18,6 +18,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from device_runtime.errors import UsageError
+
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__", "turtledemo", "ensurepip",
              "tkinter", "pydoc_data", "config-3.11-x86_64-linux-gnu"}
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9\)][.!?])\s+(?=[A-Z])")
@@ -94,7 +96,7 @@ def file_corpus(path: str | Path, heldout_fraction: float = 0.1) -> Corpus:
     train = tuple(l for l in lines if zlib.crc32(l.encode()) % every)
     heldout = tuple(l for l in lines if not zlib.crc32(l.encode()) % every)
     if not train or not heldout:
-        raise ValueError(f"{path}: need at least a few lines of text to train and evaluate on")
+        raise UsageError(f"{path}: need at least a few lines of text to train and evaluate on")
     return Corpus(train, heldout, str(path))
 
 

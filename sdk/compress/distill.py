@@ -17,6 +17,7 @@ from typing import Any
 from models_zoo.bert import find_bert
 from sdk.compress.core import (CompressResult, DistillLoss, TrainConfig, agreement, architecture_of, base_report,
                                frozen_copy, get_corpus, layer_map, log_fn, measure, outputs, resolve, train)
+from device_runtime.errors import UsageError
 
 STUDENT_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
@@ -25,12 +26,12 @@ def student_spec(spec, teacher, student_config: dict[str, Any]):
     """The teacher's spec with the student's dims (unspecified dims are the teacher's)."""
     unknown = set(student_config) - set(STUDENT_KEYS)
     if unknown:
-        raise ValueError(f"unknown student_config keys {sorted(unknown)}; use {', '.join(STUDENT_KEYS)}")
+        raise UsageError(f"unknown student_config keys {sorted(unknown)}; use {', '.join(STUDENT_KEYS)}")
     arch = architecture_of(teacher, spec)
     config = {**arch["config"], **student_config}
     student_arch = {"source_model": spec.name, "task": spec.task, "config": config}
     if config["hidden_size"] % config["num_attention_heads"]:
-        raise ValueError(f"hidden_size {config['hidden_size']} is not a multiple of "
+        raise UsageError(f"hidden_size {config['hidden_size']} is not a multiple of "
                          f"num_attention_heads {config['num_attention_heads']}")
     if not spec.task.endswith("classification"):
         teacher_width = getattr(teacher, "projection", None)
@@ -80,7 +81,7 @@ def distill(teacher, student_config: dict[str, Any], data=None, steps: int = 200
     elif init == "random":
         how = f"random (seed {seed})"
     else:
-        raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
+        raise UsageError(f"init must be 'teacher' or 'random', got {init!r}")
 
     t_cfg, s_cfg = find_bert(teacher_module).config, find_bert(student).config
     same_heads = t_cfg.num_attention_heads == s_cfg.num_attention_heads

@@ -23,6 +23,7 @@ import numpy as np
 from models_zoo.bert import find_bert, shrink_layer
 from sdk.compress.core import (CompressResult, TrainConfig, base_report, batches, frozen_copy, get_corpus, log_fn,
                                measure, outputs, recover, resolve, to_tensors)
+from device_runtime.errors import UsageError
 
 
 def encoder_linears(module) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def magnitude_masks(module, sparsity: float, scope: str = "layer") -> dict[str, 
     import torch
 
     if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise UsageError(f"sparsity must be in [0, 1), got {sparsity}")
     linears = encoder_linears(module)
     if scope == "global":
         flat = torch.cat([m.weight.detach().abs().flatten() for m in linears.values()])
@@ -45,7 +46,7 @@ def magnitude_masks(module, sparsity: float, scope: str = "layer") -> dict[str, 
         threshold = flat.kthvalue(k).values if k else flat.new_tensor(-1.0)
         return {n: m.weight.detach().abs() > threshold for n, m in linears.items()}
     if scope != "layer":
-        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        raise UsageError(f"scope must be 'layer' or 'global', got {scope!r}")
     masks = {}
     for name, m in linears.items():
         w = m.weight.detach().abs().flatten()
@@ -169,9 +170,9 @@ def prune_structured(model, heads: float = 0.25, ffn: float = 0.25, *, weights: 
     first (gradient x weight on calibration text), in `rounds` rounds; optionally fine-tune (`steps`).
     `criterion="random"` removes as many, chosen at random: the baseline that shows what importance buys."""
     if not (0 <= heads < 1 and 0 <= ffn < 1):
-        raise ValueError(f"heads and ffn are fractions to remove, in [0, 1); got {heads}, {ffn}")
+        raise UsageError(f"heads and ffn are fractions to remove, in [0, 1); got {heads}, {ffn}")
     if criterion not in ("gradient-x-weight", "random"):
-        raise ValueError(f"criterion must be 'gradient-x-weight' or 'random', got {criterion!r}")
+        raise UsageError(f"criterion must be 'gradient-x-weight' or 'random', got {criterion!r}")
     spec, teacher = resolve(model, weights, tiny)
     teacher = frozen_copy(teacher)
     corpus = get_corpus(data)

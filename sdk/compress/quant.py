@@ -30,6 +30,7 @@ from typing import Any
 from models_zoo.bert import find_bert
 from sdk.compress.core import (CompressResult, DistillLoss, TrainConfig, agreement, base_report, batches,
                                frozen_copy, get_corpus, log_fn, measure, outputs, resolve, to_tensors, train)
+from device_runtime.errors import UsageError
 
 QMAX = 127  # symmetric 8-bit: [-127, 127], as Q8BERT and XNNPACK's weight quantizer
 ACTIVATIONS = ("dynamic", "symmetric", "ema")
@@ -71,7 +72,7 @@ def _modules():
         def __init__(self, linear: torch.nn.Linear, activations: str = "ema", momentum: float = 0.9) -> None:
             super().__init__()
             if activations not in ACTIVATIONS:
-                raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
+                raise UsageError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
             self.in_features, self.out_features = linear.in_features, linear.out_features
             self.weight, self.bias = linear.weight, linear.bias
             self.activations, self.momentum = activations, momentum

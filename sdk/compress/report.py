@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from device_runtime import atomic
+
 
 def _cos(acc: dict | None) -> str:
     if not acc:
@@ -70,4 +72,4 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 out.append(f"| {when} | {row['format']} | {row['precision']} | {row['size_bytes'] / 1e6:.2f} | "
                            f"{row['latency_ms']['p50']:.2f} | {_cos(row['accuracy_vs_fp32_teacher'])} | "
                            f"{'passed' if row['parity_passed'] else row['parity_passed']} |")
-    path.write_text("\n".join(out) + "\n")
+    atomic.write_text(path, "\n".join(out) + "\n")
