@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from device_runtime import atomic
-from device_runtime.errors import PocketformerError
+from device_runtime.errors import ArtifactNotFoundError, PocketformerError
 
 MANIFEST_NAME = "report.json"
 SCHEMA = "pocketformer.manifest"
@@ -193,7 +193,7 @@ def load_entry(artifact: str | Path, trust: bool = False) -> ArtifactRecord:
     entry = manifest.artifacts.get(path.name)
     if entry is not None and not trust:
         if not path.exists():
-            raise FileNotFoundError(f"no such artifact: {path}")
+            raise ArtifactNotFoundError(f"no such artifact: {path}")
         size = size_of(path)
         if size != entry.size_bytes or sha256_of(path) != entry.sha256:
             raise ArtifactModifiedError(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from device_runtime.errors import BackendUnavailableError, UnknownFormatError
+from device_runtime.errors import ArtifactNotFoundError, BackendUnavailableError, UnknownFormatError
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def sniff_format(path: str | os.PathLike) -> str:
     """The format of an artifact, from its bytes (or, for package folders, their layout)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such artifact: {path}")
+        raise ArtifactNotFoundError(f"no such artifact: {path}")
     if path.is_file() and path.stat().st_size == 0:
         raise UnknownFormatError(f"{path} is empty")
     for fmt in FORMATS.values():

@@ -7,13 +7,13 @@ lives here, so it behaves the same for every format.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from device_runtime.errors import (DTypeError, ExecutionError, InputError, MissingInputError, ShapeError,
-                                   UnexpectedInputError)
+from device_runtime.errors import (DTypeError, ExecutionError, InputError, MissingInputError, NonFiniteInputError,
+                                   ShapeError, UnexpectedInputError, UsageError, ValueRangeError)
 
 if TYPE_CHECKING:
     from device_runtime.profile import OpProfile
@@ -27,13 +27,16 @@ class QuantParams:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One input or output. `shape` holds None where a dim may vary; `dynamic_axes` names those dims."""
+    """One input or output. `shape` holds None where a dim may vary; `dynamic_axes` names those dims.
+    `value_range`: the inclusive `(min, max)` an integer input may hold, as recorded in the artifact (or its
+    manifest); `Session.run` rejects values outside it. None: not recorded, not checked."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype
     quantization: QuantParams | None = None
     dynamic_axes: dict[int, str] = field(default_factory=dict)
+    value_range: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,6 +105,8 @@ class Session:
 
     format: str = ""
     backend: str = ""
+    # Float inputs holding NaN or Inf raise NonFiniteInputError unless this is True (`load(..., allow_non_finite=True)`).
+    allow_non_finite: bool = False
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
         self.path = str(path)
@@ -186,7 +191,7 @@ class Session:
                   runs: int = 50, progress: Callable[[int, int], None] | None = None) -> BenchmarkResult:
         """Load time, first (cold) run and steady-state latency percentiles, in milliseconds."""
         if runs < 1 or warmup < 0:
-            raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+            raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
         arrays = self._validate(feed if feed is not None else self.example_feed())
         if self.first_run_ms is None:
             self.run(None, arrays)
@@ -275,6 +280,8 @@ class Session:
         arrays = []
         for info, value in zip(self._inputs, values):
             arr = np.asarray(value)
+            if not self.allow_non_finite:
+                _check_finite(arr, info)  # before adapt_io quantizes a float feed (NaN has no int8 value)
             if self.adapt_io:
                 arr = _adapt(arr, info)
             if arr.dtype != info.dtype:
@@ -287,6 +294,8 @@ class Session:
                     want is not None and got != want for got, want in zip(arr.shape, info.shape)):
                 raise ShapeError(f"input {info.name!r} has shape {list(arr.shape)}, the model expects "
                                  f"{['?' if d is None else d for d in info.shape]}")
+            if info.value_range is not None:
+                _check_range(arr, info)
             arrays.append(np.ascontiguousarray(arr))
         return arrays
 
@@ -304,6 +313,47 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format}/{self.backend} {self.path}>"
+
+
+def with_value_ranges(infos: Sequence[TensorInfo], ranges: Mapping[str, Any]) -> list[TensorInfo]:
+    """`infos` with `value_range` set from `ranges` ({name: [min, max]}, inclusive; a name absent or None is left
+    unchecked). Malformed entries are ignored: a range is a safety net, never a reason to refuse a model."""
+    out = []
+    for info in infos:
+        rng = ranges.get(info.name) if isinstance(ranges, Mapping) else None
+        try:
+            lo, hi = (int(rng[0]), int(rng[1])) if rng is not None else (None, None)
+        except (TypeError, ValueError, IndexError, KeyError):
+            lo = hi = None
+        ok = lo is not None and lo <= hi and np.issubdtype(np.dtype(info.dtype), np.integer)
+        out.append(replace(info, value_range=(lo, hi)) if ok else info)
+    return out
+
+
+def _check_range(arr: np.ndarray, info: TensorInfo) -> None:
+    """Vectorised: two reductions on the good path; the first offending position is found only on failure."""
+    lo, hi = info.value_range
+    if not arr.size or not np.issubdtype(arr.dtype, np.integer):
+        return
+    if lo <= arr.min() and arr.max() <= hi:
+        return
+    bad = (arr < lo) | (arr > hi)
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+    raise ValueRangeError(f"input {info.name!r} has value {int(arr[index])} at index {list(index)} "
+                          f"({int(bad.sum())} value(s) out of range); valid range is [{lo}, {hi}] inclusive")
+
+
+def _check_finite(arr: np.ndarray, info: TensorInfo) -> None:
+    """NaN propagates through min/max and +-Inf is the max/min: two reductions, no temporary on the good path."""
+    if not arr.size or not np.issubdtype(arr.dtype, np.floating):
+        return
+    if np.isfinite(arr.min()) and np.isfinite(arr.max()):
+        return
+    bad = ~np.isfinite(arr)
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+    raise NonFiniteInputError(f"input {info.name!r} has {arr[index]} at index {list(index)} "
+                              f"({int(bad.sum())} non-finite value(s)); float inputs must be finite "
+                              "(load with allow_non_finite=True to pass them through)")
 
 
 def _adapt(arr: np.ndarray, info: TensorInfo) -> np.ndarray:

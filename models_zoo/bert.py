@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from device_runtime.errors import UsageError
 from models_zoo.data import (CALIBRATION_SENTENCE_PAIRS, CALIBRATION_SENTENCES, SAMPLE_SENTENCE_PAIRS,
                              SAMPLE_SENTENCES, text_feeds)
 from models_zoo.errors import WeightsError
@@ -70,7 +71,7 @@ class BertSpec(ModelSpec):
 
     def with_seq_len(self, seq_len: int) -> "BertSpec":
         if not 1 < seq_len <= 512:
-            raise ValueError(f"sequence length must be in 2..512, got {seq_len}")
+            raise UsageError(f"sequence length must be in 2..512, got {seq_len}")
         return replace(self, seq_len=seq_len)
 
     def with_architecture(self, architecture: dict[str, Any]) -> "BertSpec":
@@ -111,8 +112,13 @@ class BertSpec(ModelSpec):
         return _LogitsOnly(model)
 
     def input_specs(self) -> tuple[InputSpec, ...]:
+        # Inclusive ranges, checked by device_runtime before the runtime sees a feed (an out-of-range id aborts
+        # an int8 .pte's process; ONNX Runtime wraps a negative one).
+        ranges = {"input_ids": (0, int(self.config.get("vocab_size", BERT_BASE_VOCAB)) - 1),
+                  "attention_mask": (0, 1),
+                  "token_type_ids": (0, int(self.config.get("type_vocab_size", 2)) - 1)}
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self.use_token_type_ids else [])
-        return tuple(InputSpec(n, (1, self.seq_len), "int64", {1: "sequence"}) for n in names)
+        return tuple(InputSpec(n, (1, self.seq_len), "int64", {1: "sequence"}, ranges[n]) for n in names)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "text", "seq_len": self.seq_len, "lowercase": True, "vocab": None,
@@ -202,13 +208,13 @@ def shrink_layer(layer, heads=None, channels=None) -> None:
         size = attn.attention_head_size
         rows = [h * size + i for h in heads for i in range(size)]
         if not rows:
-            raise ValueError("a BERT layer needs at least one attention head")
+            raise UsageError("a BERT layer needs at least one attention head")
         attn.query, attn.key, attn.value = (keep(m, rows, 0) for m in (attn.query, attn.key, attn.value))
         layer.attention.output.dense = keep(layer.attention.output.dense, rows, 1)
         attn.num_attention_heads, attn.all_head_size = len(heads), len(rows)
     if channels is not None:
         if not len(channels):
-            raise ValueError("a BERT layer needs at least one FFN channel")
+            raise UsageError("a BERT layer needs at least one FFN channel")
         layer.intermediate.dense = keep(layer.intermediate.dense, channels, 0)
         layer.output.dense = keep(layer.output.dense, channels, 1)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from device_runtime.errors import UsageError
+
 # Real data in two disjoint sets: `SAMPLE_*` verify an artifact against PyTorch, `CALIBRATION_*` calibrate int8
 # quantizers, so a quantized artifact is never judged on the inputs it was calibrated on.
 
@@ -91,7 +93,7 @@ def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
             pil = Image.open(image)
             pil.load()
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {image}: {exc}") from None
+            raise UsageError(f"cannot read image {image}: {exc}") from None
     else:
         pil = Image.fromarray(np.asarray(image))
     pil = pil.convert("RGB")
@@ -145,7 +147,7 @@ def tokenize(text: str, prep: dict[str, Any], pair: str | None = None) -> dict[s
         types = [0] * len(ids)
     else:
         if seq_len < 3:
-            raise ValueError(f"a sentence pair needs a sequence length of at least 3, got {seq_len}")
+            raise UsageError(f"a sentence pair needs a sequence length of at least 3, got {seq_len}")
         second = tokenizer.encode(pair, add_special_tokens=False).ids
         while len(first) + len(second) > seq_len - 3:
             if len(first) >= len(second):

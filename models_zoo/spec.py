@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from device_runtime.errors import UsageError
 from models_zoo import weights as weights_io
 from models_zoo.errors import UnknownModelError, WeightsError  # noqa: F401  (re-exported)
 from models_zoo.precision import Precision, resolve
@@ -18,16 +19,23 @@ from models_zoo.precision import Precision, resolve
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input. `dynamic_axes` maps an axis to a symbolic name for formats that can vary it."""
+    """One model input. `dynamic_axes` maps an axis to a symbolic name for formats that can vary it.
+
+    `value_range` is the inclusive `(min, max)` an integer input may hold (token ids `(0, vocab_size - 1)`,
+    token types `(0, type_vocab_size - 1)`, a mask `(0, 1)`), or None. Exports record it in the artifact's
+    metadata and the manifest, and `device_runtime` checks feeds against it before the native runtime runs.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name, so the device side needs no torch
     dynamic_axes: dict[int, str] = field(default_factory=dict)
+    value_range: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()}}
+                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()},
+                "value_range": list(self.value_range) if self.value_range is not None else None}
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class ModelSpec:
     def tiny(self) -> "ModelSpec":
         """The same architecture code with small dims, for tests and quick trials."""
         if self.tiny_overrides is None:
-            raise ValueError(f"model {self.name!r} has no tiny variant")
+            raise UsageError(f"model {self.name!r} has no tiny variant")
         if self.is_tiny:
             return self
         return dataclasses.replace(self, name=f"{self.name}-tiny", is_tiny=True, **self.tiny_overrides)
@@ -134,18 +142,18 @@ class ModelSpec:
         prep, path = self.preprocessing(), Path(path)
         if prep["kind"] == "image":
             if not path.is_dir():
-                raise ValueError(f"calibration for {self.name} is a folder of images; {path} is not a folder")
+                raise UsageError(f"calibration for {self.name} is a folder of images; {path} is not a folder")
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             feeds = [{self.input_names[0]: preprocess_image(p, prep)} for p in files]
         else:
             if not path.is_file():
-                raise ValueError(f"calibration for {self.name} is a text file, one sentence a line; {path} is not a file")
+                raise UsageError(f"calibration for {self.name} is a text file, one sentence a line; {path} is not a file")
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             pairs = [line.split("\t", 1) for line in lines]
             feeds = [tokenize(p[0].strip(), prep, pair=p[1].strip()) if len(p) == 2 else tokenize(p[0], prep)
                      for p in pairs]
         if not feeds:
-            raise ValueError(f"no calibration data in {path}")
+            raise UsageError(f"no calibration data in {path}")
         for feed in feeds:
             self.check_feed(feed)
         return feeds

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, ExecutionError
+from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, ExecutionError, UsageError
 from device_runtime.registry import Backend, Format, module_present, register_backend, register_format
 from device_runtime.session import Session, TensorInfo
 
@@ -87,7 +87,7 @@ class CoreMLSession(Session):
                          if k.startswith(META_PREFIX)}
         units = (compute_units or self.metadata.get(META_COMPUTE_UNITS) or "all").lower()
         if units not in COMPUTE_UNITS:
-            raise ValueError(f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}")
+            raise UsageError(f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}")
         self.compute_units = units
         kwargs = {"compute_units": ct.ComputeUnit[units.upper()]}
         if function_name:

@@ -21,16 +21,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from device_runtime.errors import CorruptArtifactError
+from device_runtime.errors import CorruptArtifactError, UsageError
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
                                      requires_module)
-from device_runtime.session import Session, TensorInfo
+from device_runtime.session import Session, TensorInfo, with_value_ranges
 
 # Pocketformer's converter (converters.executorch) embeds the spec's input/output names as this constant method:
-# UTF-8 JSON {META_INPUTS: [...], META_OUTPUTS: [...]} in a uint8 tensor.
+# UTF-8 JSON {META_INPUTS: [...], META_OUTPUTS: [...], META_VALUE_RANGES: {input: [min, max]}} in a uint8 tensor
+# (value ranges inclusive; checked by `Session._validate`: the int8 embedding kernel aborts on a bad id).
 META_METHOD = "pocketformer_meta"
-META_INPUTS, META_OUTPUTS = "inputs", "outputs"
+META_INPUTS, META_OUTPUTS, META_VALUE_RANGES = "inputs", "outputs", "value_ranges"
 FILE_IDENTIFIER_PREFIX = b"ET"  # bytes 4..6 of a .pte; bytes 6..8 are the schema version
 # ExecuTorch ScalarType codes (c10 numbering).
 SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
@@ -80,7 +81,8 @@ class ExecuTorchSession(Session):
         out_names = meta.get(META_OUTPUTS) or [f"output_{i}" for i in range(mm.num_outputs())]
         if len(in_names) != mm.num_inputs() or len(out_names) != mm.num_outputs():
             raise CorruptArtifactError(f"{path}: embedded names do not match the program's inputs/outputs")
-        self._inputs = [self._info(n, mm.input_tensor_meta(i)) for i, n in enumerate(in_names)]
+        self._inputs = with_value_ranges([self._info(n, mm.input_tensor_meta(i)) for i, n in enumerate(in_names)],
+                                         meta.get(META_VALUE_RANGES) or {})
         self._outputs = [self._info(n, mm.output_tensor_meta(i)) for i, n in enumerate(out_names)]
 
     @staticmethod
@@ -125,7 +127,7 @@ class ExecuTorchSession(Session):
         microseconds; see `device_runtime.profile.OpProfile`.
         """
         if runs < 1 or warmup < 0:
-            raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+            raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
         arrays = self._validate(feed if feed is not None else self.example_feed())
         try:
             from executorch.devtools import Inspector

@@ -30,13 +30,16 @@ import numpy as np
 from device_runtime.backends.ascend import OM_MAGIC_BYTES
 from device_runtime.backends.executorch import FILE_IDENTIFIER_PREFIX as PTE_IDENTIFIER_PREFIX
 from device_runtime.backends.tflite_verifier import FILE_IDENTIFIER as TFLITE_IDENTIFIER
-from device_runtime.errors import BackendUnavailableError, CorruptArtifactError
+from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, UsageError
 from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
                                      requires_module)
-from device_runtime.session import Session, TensorInfo
+from device_runtime.session import Session, TensorInfo, with_value_ranges
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# The ModelProto `metadata_props` key under which converters.onnx records the inputs' inclusive value ranges, as
+# JSON {input: [min, max]}; `Session._validate` checks feeds against them (ORT's Gather wraps a negative id).
+METADATA_VALUE_RANGES = "pocketformer.value_ranges"
 # Tags (field number << 3 | wire type) of the ModelProto fields that can follow ir_version.
 _NEXT_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
 MAX_IR_VERSION = 32  # today 11; leave room, reject nonsense
@@ -112,9 +115,17 @@ class OnnxRuntimeSession(Session):
         if actual[: len(self.providers)] != self.providers:
             raise BackendUnavailableError(f"ONNX Runtime could not register {self.providers} (it runs with "
                                           f"{actual}); check the provider's libraries and options")
-        self._inputs = [self._info(i) for i in self._session.get_inputs()]
+        self._inputs = with_value_ranges([self._info(i) for i in self._session.get_inputs()], self._value_ranges())
         self._outputs = [self._info(o) for o in self._session.get_outputs()]
         self._input_names = [t.name for t in self._inputs]
+
+    def _value_ranges(self) -> dict:
+        """The ranges recorded in the model's metadata_props ({} for a foreign or older model, or unreadable)."""
+        try:
+            raw = self._session.get_modelmeta().custom_metadata_map.get(METADATA_VALUE_RANGES)
+            return json.loads(raw) if raw else {}
+        except (ValueError, AttributeError):
+            return {}
 
     def _options(self, profile_prefix: str | None = None):
         ort = self._ort
@@ -123,13 +134,13 @@ class OnnxRuntimeSession(Session):
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
         if self.graph_optimization not in levels:
-            raise ValueError(f"graph_optimization must be one of {list(levels)}, got {self.graph_optimization!r}")
+            raise UsageError(f"graph_optimization must be one of {list(levels)}, got {self.graph_optimization!r}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = levels[self.graph_optimization]
         if self.num_threads is not None:
             if int(self.num_threads) < 1:
-                raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+                raise UsageError(f"num_threads must be >= 1, got {self.num_threads}")
             options.intra_op_num_threads = int(self.num_threads)
         options.inter_op_num_threads = 1
         if profile_prefix is not None:
@@ -187,7 +198,7 @@ class OnnxRuntimeSession(Session):
         is untouched. Rows are per node, slowest first; see `OpProfile` for the totals and `by_op_type()`.
         """
         if runs < 1 or warmup < 0:
-            raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+            raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
         arrays = self._validate(feed if feed is not None else self.example_feed())
         named = dict(zip(self._input_names, arrays))
         with tempfile.TemporaryDirectory(prefix="pf-ort-profile-") as tmp:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_runtime.backends.tflite_verifier import FILE_IDENTIFIER, verify_flatbuffer
-from device_runtime.errors import CorruptArtifactError, InputError
+from device_runtime.errors import CorruptArtifactError, InputError, UsageError
 from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
 from device_runtime.registry import module_present as _module_present  # tests replace this name
 from device_runtime.session import QuantParams, Session, TensorInfo
@@ -86,7 +86,7 @@ class TFLiteSession(Session):
         # None: every core of this machine (the interpreters' own default is a single thread).
         threads = int(num_threads) if num_threads is not None else (os.cpu_count() or 1)
         if threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            raise UsageError(f"num_threads must be >= 1, got {num_threads}")
         self.threads = threads
         try:
             interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
