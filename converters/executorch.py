@@ -18,7 +18,7 @@ from converters import rewrites
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, int4_blocks_fit, option,
                              register_converter, write_bytes_atomic)
 # The program's metadata method and its keys: one contract, defined where the runtime reads it.
-from device_runtime.backends.executorch import META_INPUTS, META_METHOD, META_OUTPUTS
+from device_runtime.backends.executorch import META_INPUTS, META_METHOD, META_OUTPUTS, META_VALUE_RANGES
 
 
 def _dynamic_quantizer():
@@ -204,8 +204,9 @@ class ExecuTorchConverter(Converter):
         if precision.is_quantized:
             lowered_module = quantize_pt2e(lowered_module, args, precision, samples, int4_blocks)
             reference = lowered_module
+        ranges = {s.name: list(s.value_range) for s in spec.input_specs() if getattr(s, "value_range", None)}
         meta = json.dumps({META_INPUTS: list(spec.input_names), META_OUTPUTS: list(spec.output_names),
-                           "model": spec.name, "precision": precision}).encode()
+                           META_VALUE_RANGES: ranges, "model": spec.name, "precision": precision}).encode()
         try:
             exported = torch.export.export(lowered_module, args)
             edge = to_edge_transform_and_lower(

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import json
+
 import numpy as np
 
+from device_runtime.backends.onnxruntime import METADATA_VALUE_RANGES  # one key, defined where the runtime reads it
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError, option,
                              register_converter)
 from converters import rewrites
@@ -107,6 +110,15 @@ def export_onnx(module, spec, feed: dict[str, np.ndarray], path: Path, opset: in
         raise ConversionError(f"torch.onnx.export wrote nothing at {path}")
     return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - start, 3),
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in (dynamic_axes or {}).items()}}
+
+
+def record_value_ranges(model, spec) -> None:
+    """Record the spec's inclusive input value ranges in `metadata_props` (read back by the ORT backend)."""
+    ranges = {s.name: list(s.value_range) for s in spec.input_specs() if getattr(s, "value_range", None)}
+    for prop in [p for p in model.metadata_props if p.key == METADATA_VALUE_RANGES]:
+        model.metadata_props.remove(prop)
+    if ranges:
+        model.metadata_props.add(key=METADATA_VALUE_RANGES, value=json.dumps(ranges))
 
 
 def check_model(path: Path) -> None:
@@ -385,6 +397,8 @@ class OnnxConverter(Converter):
                 info["agreement_vs_unoptimized"] = agreement(plain, fused)
                 current = optimized
             model = onnx.load(str(current), load_external_data=False)
+            record_value_ranges(model, spec)
+            onnx.save(model, str(current))
             details["graph"] = {"nodes": len(model.graph.node), "ops": dict(op_counts(model).most_common()),
                                 "opset": model_opset(model), "ir_version": int(model.ir_version)}
             os.replace(current, path)

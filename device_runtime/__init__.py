@@ -13,30 +13,56 @@ import importlib
 import os
 import pkgutil
 import time
+from pathlib import Path
 
 from device_runtime import backends as _backends_pkg
 from device_runtime.errors import (BackendUnavailableError, CorruptArtifactError, DTypeError, ExecutionError,
-                                   InputError, MissingInputError, ShapeError, UnexpectedInputError, UnknownFormatError)
+                                   InputError, MissingInputError, NonFiniteInputError, ShapeError, UnexpectedInputError,
+                                   UnknownFormatError, ValueRangeError)
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError, profile_capabilities
 from device_runtime.registry import BACKENDS, FORMATS, choose_backend, sniff_format
-from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo
+from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo, with_value_ranges
+from device_runtime.batching import Batcher, QueueFullError, session_batch_runner
+from device_runtime.pool import SessionPool
 
 for _module in pkgutil.iter_modules(_backends_pkg.__path__):
     importlib.import_module(f"{_backends_pkg.__name__}.{_module.name}")
 
 
 def load(path: str | os.PathLike, backend: str | None = None, num_threads: int | None = None,
-         adapt_io: bool = False, **options) -> Session:
+         adapt_io: bool = False, allow_non_finite: bool = False, **options) -> Session:
     """Open an artifact. The format comes from the file's bytes; `backend` picks among that format's
     runtimes (default: the first installed, in precedence order, reported in `session.info`).
-    `adapt_io=True` casts/quantizes feeds to what the artifact expects (see `Session.adapt_io`)."""
+    `adapt_io=True` casts/quantizes feeds to what the artifact expects (see `Session.adapt_io`).
+
+    Input safety: every run checks integer inputs against the value ranges the artifact records (token ids in
+    [0, vocab_size - 1], token types, masks; from the `.pte` metadata method or the ONNX metadata_props, else
+    from the `report.json` manifest beside the artifact; `TensorInfo.value_range`) and raises `ValueRangeError`
+    naming the input, the position and the range, before the native runtime sees the feed. Float inputs holding
+    NaN or Inf raise `NonFiniteInputError` unless `allow_non_finite=True` (also `Session.allow_non_finite`)."""
     fmt = sniff_format(path)
     chosen = choose_backend(fmt, backend)
     start = time.perf_counter()
     session = chosen.open(str(path), num_threads=num_threads, **options)
     session.load_time_ms = (time.perf_counter() - start) * 1e3
     session.adapt_io = adapt_io
+    session.allow_non_finite = bool(allow_non_finite)
+    if not any(t.value_range for t in session._inputs):
+        session._inputs = with_value_ranges(session._inputs, _manifest_value_ranges(path))
     return session
+
+
+def _manifest_value_ranges(path: str | os.PathLike) -> dict[str, list[int]]:
+    """{input: [min, max]} from the manifest beside an artifact with no ranges of its own ({} when none)."""
+    from device_runtime.manifest import ManifestError, read_manifest
+
+    folder = Path(path).parent
+    try:
+        inputs = read_manifest(folder).model.get("inputs") or []
+    except (ManifestError, OSError):
+        return {}  # an unreadable manifest does not stop a run; the artifact is simply not range-checked
+    return {i["name"]: i["value_range"] for i in inputs
+            if isinstance(i, dict) and "name" in i and i.get("value_range") is not None}
 
 
 def list_backends() -> dict[str, list[dict]]:
@@ -48,4 +74,6 @@ def list_backends() -> dict[str, list[dict]]:
 __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "TensorInfo", "QuantParams",
            "OpProfile", "OpProfileRow", "ProfilerUnavailableError", "profile_capabilities",
            "BenchmarkResult", "LatencyStats", "BackendUnavailableError", "CorruptArtifactError", "DTypeError",
-           "ExecutionError", "InputError", "MissingInputError", "ShapeError", "UnexpectedInputError", "UnknownFormatError"]
+           "ExecutionError", "InputError", "MissingInputError", "NonFiniteInputError", "ShapeError", "UnexpectedInputError",
+           "UnknownFormatError", "ValueRangeError"]
+__all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner"]

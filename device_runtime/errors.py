@@ -65,6 +65,26 @@ class DTypeError(InputError):
     pass
 
 
+class ValueRangeError(InputError):
+    """An integer input (a token id, token type or mask) outside the range the artifact records for it.
+
+    Checked before the native runtime sees the feed: ExecuTorch's int8 embedding kernel aborts the whole process
+    on an out-of-range id, and ONNX Runtime's Gather silently wraps a negative one."""
+
+
+class NonFiniteInputError(InputError):
+    """A float input holding NaN or Inf (rejected unless the session allows non-finite inputs)."""
+
+
 
 class UsageError(PocketformerError, ValueError):
     """An argument the caller got wrong (an unknown option, a value out of range, a missing file)."""
+
+
+class QueueFullError(PocketformerError, RuntimeError):
+    """A `device_runtime.batching.Batcher` refused a request at once: its bounded queue is full (overload).
+
+    Exit code 3 (not supported here, now), not 2: the request itself is valid, the server cannot take it at this
+    load; retry later, or raise `max_queue_size` / add sessions. A script can tell it apart from bad input."""
+
+    exit_code = EXIT_UNSUPPORTED

@@ -6,6 +6,8 @@ lives here, so it behaves the same for every format.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -101,10 +103,24 @@ AfterHook = Callable[["Session", dict, list, float], None]
 
 
 class Session:
-    """A loaded artifact, ready to run. Created by `device_runtime.load`, not directly."""
+    """A loaded artifact, ready to run. Created by `device_runtime.load`, not directly.
+
+    Thread safety: `run` (and `session(...)`) may be called from several threads at once. Feeds are validated
+    in the calling thread; the runtime call itself is serialised by a per-session lock unless the backend
+    declares its runtime re-entrant (`reentrant = True`: ONNX Runtime, whose `InferenceSession.run` is
+    thread-safe, so its calls overlap). A LiteRT interpreter, an ExecuTorch method (one memory plan), Core ML
+    and Ascend (ACL contexts belong to one thread) are locked: calls on one session queue behind each other and
+    give the same results as serial calls. For parallel runs of a locked format, hold several sessions
+    (`device_runtime.SessionPool`). `benchmark`, `profile` and `raw_runner` are measuring tools and take no
+    lock: do not run them while other threads use the same session. Hooks run outside the lock, in the
+    calling thread. ExecuTorch's CPU thread pool is process-wide: see `ExecuTorchSession`.
+    """
 
     format: str = ""
     backend: str = ""
+    # True where the runtime's own run call may be entered by several threads at once on one loaded model;
+    # False (the default) makes `run` hold this session's lock around the runtime call.
+    reentrant: bool = False
     # Float inputs holding NaN or Inf raise NonFiniteInputError unless this is True (`load(..., allow_non_finite=True)`).
     allow_non_finite: bool = False
 
@@ -120,6 +136,9 @@ class Session:
         self._hooks: list[tuple[BeforeHook | None, AfterHook | None]] = []
         self._inputs: list[TensorInfo] = []
         self._outputs: list[TensorInfo] = []
+        # Serialises the runtime call where the runtime is not re-entrant (see the class docstring). Re-entrant
+        # (an RLock) so a hook or a subclass that calls `run` from inside a locked call does not deadlock.
+        self._run_lock = threading.RLock()
 
     # -- metadata --------------------------------------------------------------------------------
     def get_inputs(self) -> list[TensorInfo]:
@@ -150,7 +169,7 @@ class Session:
                 before(self, named)
         start = time.perf_counter()
         try:
-            outputs = self._execute(arrays)
+            outputs = self._execute_exclusive(arrays)
         except InputError:
             raise
         except Exception as exc:
@@ -165,6 +184,25 @@ class Session:
             if after:
                 after(self, named, outputs, elapsed)
         return self._select(outputs, output_names)
+
+    def _exclusive(self):
+        """A context holding this session's run lock, or nothing where the runtime is re-entrant."""
+        return contextlib.nullcontext() if self.reentrant else self._run_lock
+
+    def _execute_exclusive(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """`_execute` under the session's lock (unless `reentrant`): the one place `run` enters the runtime."""
+        with self._exclusive():
+            return self._execute(arrays)
+
+    def close(self) -> None:
+        """Release what the backend holds beyond memory (device buffers, a pinned thread pool). Backends that
+        hold such things override this; using the session after `close` is undefined."""
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def __call__(self, *arrays: Any, **named: Any) -> list[np.ndarray]:
         """Positional or keyword convenience: `session(x)` or `session(input_ids=..., attention_mask=...)`."""

@@ -4,8 +4,9 @@
     doc = sdk.bench.bench(["model.tflite"], device="ssh://pi@raspberrypi.local")
     doc = sdk.bench.bench(["model.tflite"], device="adb:R58M123ABC", runner="benchmark_model")
 
-The measuring itself is `device_runtime.measure.benchmark_artifacts` (locally, or on the device through
-`device_runtime.remote`), so host and device figures come from the same code. This module adds what only the
+The measuring itself is `device_runtime.isolated.benchmark_isolated` here (each artifact in a worker process of
+its own, the rounds interleaved across them) and `device_runtime.measure.benchmark_artifacts` on a device
+(through `device_runtime.remote`); both time the same raw runtime call and return the same document. This module adds what only the
 host knows: each artifact's real sample feed (from the report.json beside it), the model, precision and parity
 figures of each artifact, the text table, and the Session.run overhead measurement.
 """
@@ -38,7 +39,7 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
           runner: str | None = None, remote_python: str = "python3", profile_runs: int = 0,
           backend: str | None = None, ssh_key: str | None = None, ssh_options: Sequence[str] = (),
           progress: Callable[[int, int], None] | None = None,
-          note: Callable[[str], None] | None = None, trust: bool = False) -> dict[str, Any]:
+          note: Callable[[str], None] | None = None, trust: bool = False, isolate: bool = True) -> dict[str, Any]:
     """Benchmark artifacts interleaved (ratios against the first); see `device_runtime.measure`.
 
     Each artifact must still match the hash its manifest recorded (its figures describe those bytes),
@@ -57,10 +58,15 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
     if device in (None, "", "local"):
         if runner:
             raise UsageError("--runner runs a native benchmark binary on a device: give --device too")
-        from device_runtime.measure import benchmark_artifacts
+        # Each artifact in a process of its own (as on the device), rounds interleaved across the processes;
+        # `isolate=False` measures them all in this process (shared thread pools: slower, see isolated.py).
+        if isolate:
+            from device_runtime.isolated import benchmark_isolated as measure_all
+        else:
+            from device_runtime.measure import benchmark_artifacts as measure_all
 
-        document = benchmark_artifacts(paths, runs=runs, warmup=warmup, threads=threads, feeds=feeds, names=names,
-                                       backend=backend, profile_runs=profile_runs, progress=progress)
+        document = measure_all(paths, runs=runs, warmup=warmup, threads=threads, feeds=feeds, names=names,
+                               backend=backend, profile_runs=profile_runs, progress=progress)
     else:
         from device_runtime.remote.transport import remote_benchmark
 

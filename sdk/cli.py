@@ -418,6 +418,8 @@ def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
             if kind is bool:
                 kwargs["action"] = "store_const"
                 kwargs["const"] = f.default is not True
+                if f.default is True and kwargs["help"]:  # the flag switches off what the field turns on
+                    kwargs["help"] = "do not " + kwargs["help"]
             else:
                 kwargs.update(type=kind if kind in (int, float) else str, metavar=meta.get("metavar"))
                 if meta.get("choices"):

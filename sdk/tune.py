@@ -4,8 +4,8 @@
    artifact this host can run (a format verified elsewhere, such as Core ML on Linux, is left out and said so).
 2. Export each with `sdk.export` (verified against PyTorch on the real samples); keep those that meet the
    model's own tolerance and, with `max_error`, whose max abs error against fp32 PyTorch is at most that.
-3. Benchmark the kept ones interleaved in one process (`device_runtime.measure`), PyTorch eager included as a
-   reference (not a candidate).
+3. Benchmark the kept ones, each in a process of its own and the rounds interleaved across the processes
+   (`device_runtime.isolated`), PyTorch eager included as a reference (not a candidate, run in this process).
 4. Name the fastest by median latency: `OUT/<model>/tune.json` records every candidate and why the others were
    dropped, and `OUT/<model>/best<suffix>` links to the pick. `pocketformer report OUT` shows it.
 
@@ -106,15 +106,17 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         k: vars(v) for k, v in spec.tolerances.items()}, "skipped": skipped, "rejected": rejected,
         "candidates": kept, "pick": None, "tools": tool_versions()}
     if kept:
-        from device_runtime.measure import benchmark_artifacts
+        from device_runtime.isolated import benchmark_isolated
         from sdk.bench import annotate, sample_feed
 
         paths = [c["path"] for c in kept]
         feed = sample_feed(paths[0]) or spec.sample_inputs()[0]
         references = [("eager PyTorch", EagerSession(spec, weights, threads), feed)] if eager else []
-        with progress.step(f"benchmark {len(paths)} candidate(s) interleaved, {runs} runs each"):
-            bench = benchmark_artifacts(paths, runs=runs, warmup=warmup, threads=threads, feeds=[feed] * len(paths),
-                                        references=references)
+        # Each candidate in a process of its own: in one shared process the runtimes' thread pools slow each
+        # other (TFLite fp32 on mobilevit_xxs: 11.1 ms shared vs 7.3 ms alone), which skewed the pick.
+        with progress.step(f"benchmark {len(paths)} candidate(s), one process each, interleaved, {runs} runs each"):
+            bench = benchmark_isolated(paths, runs=runs, warmup=warmup, threads=threads, feeds=[feed] * len(paths),
+                                       references=references)
         annotate(bench)
         write_json_atomic(folder / "bench_tune.json", bench)
         by_path = {r["path"]: r for r in bench["results"] if not r.get("reference")}

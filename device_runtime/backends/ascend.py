@@ -17,6 +17,7 @@ code follows the ais_bench and pyACL APIs and is exercised in tests with stand-i
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ class AisBenchSession(Session):
 
     format = "om"
     backend = "ais_bench"
+    reentrant = False  # one ACL context and one set of device buffers per InferSession: `Session.run` locks
 
     def __init__(self, path: str, num_threads: int | None = None, device_id: int = 0) -> None:
         super().__init__(path, num_threads)
@@ -147,6 +149,7 @@ class AclSession(Session):
 
     format = "om"
     backend = "acl"
+    reentrant = False  # one context and one set of device buffers: `Session.run` locks
 
     def __init__(self, path: str, num_threads: int | None = None, device_id: int = 0) -> None:
         super().__init__(path, num_threads)
@@ -177,6 +180,8 @@ class AclSession(Session):
         self._resources.append(("device", self.device_id))
         context, ret = acl.rt.create_context(self.device_id)
         self._check(ret, "acl.rt.create_context")
+        # An ACL context is current only in the thread that created it: another thread must make it current.
+        self._context, self._owner_thread = context, threading.get_ident()
         self._resources.append(("context", context))
         self._model_id, ret = acl.mdl.load_from_file(path)
         self._check(ret, "acl.mdl.load_from_file")
@@ -220,6 +225,8 @@ class AclSession(Session):
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         acl = self._acl
+        if threading.get_ident() != self._owner_thread:  # called (under the session lock) from another thread
+            self._check(acl.rt.set_context(self._context), "acl.rt.set_context")
         for array, buf, size in zip(arrays, self._in_bufs, self._in_sizes):
             raw = np.ascontiguousarray(array).tobytes()
             if len(raw) != size:

@@ -70,6 +70,8 @@ def _import_coremltools():
 class CoreMLSession(Session):
     format = "coreml"
     backend = "coremltools"
+    # `MLModel.predict` makes no promise about concurrent calls on one model: `Session.run` locks (the default).
+    reentrant = False
 
     def __init__(self, path: str, num_threads: int | None = None, compute_units: str | None = None,
                  function_name: str | None = None) -> None:

@@ -9,13 +9,25 @@ Input/output names are not part of a `.pte`; Pocketformer embeds them as a const
 one row per instruction (a portable/optimized kernel call, or a delegate call named after its backend, e.g.
 `XnnpackBackend`), followed by the operators the delegate itself reports (XNNPACK does), with p10/p50/p90.
 A wheel built without the event tracer records nothing; that is detected and said, never papered over.
+
+Threads. ExecuTorch has one CPU thread pool per process (`_unsafe_reset_threadpool` is process-wide), so a
+session's `num_threads` cannot be private to it. The rule (`THREADPOOL`): a session loaded with `num_threads=N`
+pins the pool at N while it is open; loading another `.pte` with a different `num_threads` while such a session
+is open raises `UsageError` naming the count in force and the sessions holding it (load with the same count, or
+with `num_threads=None` to use whatever is in force, or `close()` the others first). Sessions loaded with
+`num_threads=None` pin nothing and run on the pool as it is. A reset waits until no ExecuTorch method is
+executing (and holds new executions back meanwhile), so it never changes the pool under a running call.
+Within a session, `Session.run` is serialised by the session's lock (a Method has one memory plan and is not
+re-entrant); separate sessions run in parallel.
 """
 from __future__ import annotations
 
 import json
 import re
 import tempfile
+import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,9 +58,81 @@ def is_pte(path: Path) -> bool:
     return len(head) == 8 and head[4:6] == FILE_IDENTIFIER_PREFIX and head[6:8].isdigit()
 
 
+class ThreadPoolGuard:
+    """The process-wide ExecuTorch thread pool: who pinned which count, and resets that never race a run.
+
+    Executions register as readers (`running()`); a reset is the writer: it waits for running executions to
+    finish and holds new ones back until the pool is rebuilt.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._resetting = False
+        self._pinned: "weakref.WeakKeyDictionary[ExecuTorchSession, int]" = weakref.WeakKeyDictionary()
+
+    def pinned(self) -> dict[str, int]:
+        """{session path: thread count} of the open sessions that pinned the pool."""
+        with self._cond:
+            return {s.path: n for s, n in list(self._pinned.items())}
+
+    def claim(self, session: "ExecuTorchSession", threads: int, portable_lib) -> None:
+        """Pin the pool at `threads` for `session`, resetting it if needed; refuse a count other sessions hold."""
+        with self._cond:
+            others = {s.path: n for s, n in list(self._pinned.items()) if s is not session and n != threads}
+            if others:
+                current = int(portable_lib._threadpool_get_thread_count())
+                raise UsageError(
+                    f"cannot load {session.path} with num_threads={threads}: ExecuTorch has one CPU thread pool per "
+                    f"process, now {current} thread(s), pinned by {len(others)} open session(s) "
+                    f"({', '.join(f'{p} ({n})' for p, n in others.items())}); changing it would change theirs. "
+                    f"Load with num_threads={next(iter(others.values()))} or num_threads=None, or close() those "
+                    f"sessions first")
+            if int(portable_lib._threadpool_get_thread_count()) != threads:
+                self._resetting = True
+                try:
+                    while self._running:
+                        self._cond.wait()
+                    portable_lib._unsafe_reset_threadpool(int(threads))
+                finally:
+                    self._resetting = False
+                    self._cond.notify_all()
+            self._pinned[session] = threads
+
+    def release(self, session: "ExecuTorchSession") -> None:
+        with self._cond:
+            self._pinned.pop(session, None)
+
+    def running(self):
+        guard = self
+
+        class _Running:
+            def __enter__(self):
+                with guard._cond:
+                    while guard._resetting:
+                        guard._cond.wait()
+                    guard._running += 1
+
+            def __exit__(self, *exc):
+                with guard._cond:
+                    guard._running -= 1
+                    if not guard._running:
+                        guard._cond.notify_all()
+
+        return _Running()
+
+
+THREADPOOL = ThreadPoolGuard()
+
+
 class ExecuTorchSession(Session):
+    """A `.pte` method. `num_threads` pins ExecuTorch's process-wide thread pool while the session is open
+    (a different count asked for by another session meanwhile is refused: see the module docstring)."""
+
     format = "pte"
     backend = "executorch"
+    # A Method has one memory plan and is not re-entrant: `Session.run` locks (the default).
+    reentrant = False
 
     def __init__(self, path: str, num_threads: int | None = None, method: str = "forward") -> None:
         super().__init__(path, num_threads)
@@ -59,8 +143,10 @@ class ExecuTorchSession(Session):
 
         self._torch = torch
         if num_threads is not None:
-            # Process-wide: ExecuTorch has one CPU threadpool shared by all programs.
-            portable_lib._unsafe_reset_threadpool(int(num_threads))
+            if int(num_threads) < 1:
+                raise UsageError(f"num_threads must be >= 1, got {num_threads}")
+            # Process-wide: ExecuTorch has one CPU threadpool shared by all programs (see THREADPOOL).
+            THREADPOOL.claim(self, int(num_threads), portable_lib)
         self._portable_lib = portable_lib
         size = Path(path).stat().st_size
         try:
@@ -103,8 +189,13 @@ class ExecuTorchSession(Session):
         return TensorInfo(name, tuple(int(d) for d in meta.sizes()), np.dtype(SCALAR_TYPES[code]))
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        outputs = self._method.execute([self._torch.from_numpy(a) for a in arrays])
+        with THREADPOOL.running():
+            outputs = self._method.execute([self._torch.from_numpy(a) for a in arrays])
         return [o.numpy() if hasattr(o, "numpy") else np.asarray(o) for o in outputs]
+
+    def close(self) -> None:
+        """Unpin the process-wide thread pool (another session may then set its own count)."""
+        THREADPOOL.release(self)
 
     def raw_runner(self, arrays: Sequence[np.ndarray]):
         method, tensors = self._method, [self._torch.from_numpy(a) for a in arrays]

@@ -89,6 +89,8 @@ def is_onnx(path: Path) -> bool:
 class OnnxRuntimeSession(Session):
     format = "onnx"
     backend = "onnxruntime"
+    # `InferenceSession.run` is thread-safe (ORT's documented guarantee): concurrent `run`s overlap, no lock.
+    reentrant = True
 
     def __init__(self, path: str, num_threads: int | None = None, providers: Sequence[str] | None = None,
                  graph_optimization: str = "all", provider_options: Sequence[dict] | None = None) -> None:

@@ -1,0 +1,258 @@
+"""Benchmarking each artifact in a process of its own, as it runs on the device, interleaved across processes.
+
+Several runtimes in one process share its cores: torch's, ExecuTorch's, ONNX Runtime's and LiteRT's thread
+pools all stay resident, and their idle-spinning workers slow whichever runtime runs next (measured here on
+mobilevit_xxs at 2 threads: TFLite fp32 11.1 ms inside one shared process vs 7.3 ms alone). So each artifact
+gets a worker process (`python -m device_runtime.isolated`) that imports only its own runtime (a `.tflite` or
+`.onnx` worker never imports torch), and the coordinator interleaves the rounds across the workers exactly as
+`device_runtime.measure.benchmark_artifacts` interleaves sessions: the start rotates from round to round, and
+only one worker runs at a time. Peak resident memory is each worker's own high-water mark: the artifact alone.
+
+The protocol is JSON lines: commands on the worker's stdin, replies on a private copy of its stdout (fd 1 is
+pointed at stderr first, so a runtime's own prints cannot corrupt it). Standard library and numpy only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from device_runtime.errors import ExecutionError, PocketformerError, UsageError
+
+ISOLATION = "one process per artifact (its own runtime only), rounds interleaved across the processes"
+
+
+class WorkerError(PocketformerError):
+    """A benchmark worker failed; carries the worker's error type, message and exit code."""
+
+    def __init__(self, message: str, exit_code: int = 5) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Worker:
+    """The coordinator's handle on one worker process."""
+
+    def __init__(self, path: str, backend: str | None, threads: int | None, feed: Mapping[str, Any] | None,
+                 folder: str, index: int) -> None:
+        self.path = path
+        feed_path = None
+        if feed is not None:
+            feed_path = os.path.join(folder, f"feed{index}.npz")
+            np.savez(feed_path, **{k: np.asarray(v) for k, v in feed.items()})
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, "-m", "device_runtime.isolated"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        try:
+            self.loaded = self.call({"op": "load", "path": path, "backend": backend, "threads": threads,
+                                     "feed": feed_path})
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            code = self.process.wait()
+            raise WorkerError(f"the benchmark worker for {self.path} died (exit {code}{_signal_name(code)})")
+        reply = json.loads(line)
+        if "error" in reply:
+            error = reply["error"]
+            raise WorkerError(f"{self.path}: {error['type']}: {error['message']}", error.get("exit_code", 5))
+        return reply
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+def _signal_name(code: int) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        return f", killed by {signal.Signals(-code).name}"
+    return ""
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, threads: int | None = None,
+                       feeds: Sequence[Mapping[str, Any] | None] | None = None, names: Sequence[str] | None = None,
+                       backend: str | None = None, profile_runs: int = 0,
+                       progress: Callable[[int, int], None] | None = None,
+                       references: Sequence[tuple[str, Any, Mapping[str, Any] | None]] = (),
+                       block: int = 5, settle: int = 1) -> dict[str, Any]:
+    """The document `measure.benchmark_artifacts` returns, with each artifact measured in its own process.
+
+    `references` (name, Session-like, feed) run in this process, in the same rounds (e.g. eager PyTorch).
+    """
+    from device_runtime.measure import SCHEMA, _names, _size, add_ratios, host_info
+    from device_runtime.session import LatencyStats
+
+    if not paths:
+        raise UsageError("no artifacts to benchmark")
+    if runs < 1 or warmup < 0:
+        raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    feeds = list(feeds) if feeds is not None else [None] * len(paths)
+    names = list(names) if names is not None else _names(paths)
+    workers: list[_Worker] = []
+    with tempfile.TemporaryDirectory(prefix="pf-bench-") as folder:
+        try:
+            for i, (path, feed) in enumerate(zip(paths, feeds)):
+                workers.append(_Worker(str(path), backend, threads, feed, folder, i))
+            entries: list[dict[str, Any]] = [{"name": n, "worker": w, "samples": [], "peak": 0}
+                                             for n, w in zip(names, workers)]
+            for name, session, feed in references:
+                arrays = session._validate(feed if feed is not None else session.example_feed())
+                session.run(None, arrays)  # cold
+                entries.append({"name": name, "session": session, "arrays": arrays, "samples": [], "peak": 0,
+                                "reference": True})
+            total, done = len(entries) * (runs + 1), len(entries)  # each has had its cold run
+            if progress:
+                progress(done, total)
+            for entry in entries:
+                _run(entry, settle=warmup, count=0)
+            n = len(entries)
+            block = max(1, min(block, runs))
+            for i in range(-(-runs // block)):
+                count = min(block, runs - i * block)
+                for entry in entries[i % n:] + entries[:i % n]:
+                    _run(entry, settle=settle if n > 1 else 0, count=count)
+                    done += count
+                    if progress:
+                        progress(done, total)
+            results = []
+            for entry in entries:
+                latency = asdict(LatencyStats.from_seconds(entry["samples"]))
+                if entry.get("reference"):
+                    session = entry["session"]
+                    results.append({"name": entry["name"], "path": session.path, "format": session.format,
+                                    "backend": session.backend, "num_threads": threads, "load_time_ms":
+                                    session.load_time_ms, "first_run_ms": session.first_run_ms, "runs": runs,
+                                    "warmup": warmup, "latency": latency, "peak_rss_mb": None,
+                                    "size_bytes": None, "reference": True, "process": "coordinator"})
+                    continue
+                worker, loaded = entry["worker"], entry["worker"].loaded
+                result = {"name": entry["name"], "path": worker.path, "format": loaded["format"],
+                          "backend": loaded["backend"], "num_threads": threads,
+                          "load_time_ms": loaded["load_time_ms"], "runtime_import_ms": loaded["runtime_import_ms"],
+                          "first_run_ms": loaded["first_run_ms"], "runs": runs, "warmup": warmup,
+                          "latency": latency, "peak_rss_mb": entry["peak"] / 2**20,
+                          "load_rss_delta_mb": loaded["load_rss_delta_mb"], "size_bytes": _size(worker.path),
+                          "process": {"pid": worker.process.pid, "imports_torch": loaded["imports_torch"]}}
+                if profile_runs:
+                    result.update(worker.call({"op": "profile", "runs": profile_runs}))
+                results.append(result)
+        finally:
+            for worker in workers:
+                worker.close()
+    document = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "device": "local", "host": host_info(), "runs": runs, "warmup": warmup, "threads": threads,
+                "isolation": ISOLATION,
+                "order": (f"interleaved across processes: rounds of {block} timed runs per artifact after {settle} "
+                          f"untimed settle run(s), the starting artifact rotating from round to round"),
+                "block": block, "settle": settle,
+                "peak_rss_scope": "per artifact: the peak RSS of its own process (the artifact alone)",
+                "results": results}
+    peaks = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
+    document["process_peak_rss_mb"] = max(peaks) if peaks else None
+    add_ratios(document)
+    return document
+
+
+def _run(entry: dict[str, Any], settle: int, count: int) -> None:
+    """`settle` untimed then `count` timed runs, in the worker or (references) here."""
+    if "worker" in entry:
+        reply = entry["worker"].call({"op": "run", "settle": settle, "count": count})
+        entry["samples"].extend(reply["samples"])
+        entry["peak"] = max(entry["peak"], reply["peak_rss"])
+        return
+    execute, arrays = entry["session"]._execute, entry["arrays"]
+    for _ in range(settle):
+        execute(arrays)
+    for _ in range(count):
+        start = time.perf_counter()
+        execute(arrays)
+        entry["samples"].append(time.perf_counter() - start)
+
+
+# -- the worker ------------------------------------------------------------------------------------------
+def _serve(commands, replies) -> None:
+    """Answer the coordinator's commands for one artifact until "quit" or end of input."""
+    import device_runtime
+    from device_runtime.measure import _profile, peak_rss_bytes, rss_bytes
+
+    session = runner = None
+    for line in commands:
+        command = json.loads(line)
+        op = command["op"]
+        try:
+            if op == "quit":
+                return
+            if op == "load":
+                path, backend, threads = command["path"], command["backend"], command["threads"]
+                start = time.perf_counter()
+                device_runtime.load(path, backend=backend, num_threads=threads)  # imports the runtime, untimed
+                import_ms = (time.perf_counter() - start) * 1e3
+                before = rss_bytes()
+                session = device_runtime.load(path, backend=backend, num_threads=threads, adapt_io=True)
+                after = rss_bytes()
+                feed = dict(np.load(command["feed"])) if command["feed"] else session.example_feed()
+                arrays = session.validate_feed(feed)
+                session.run(None, arrays)  # cold: the first run after load, through the public API
+                runner = session.raw_runner(arrays)
+                reply = {"format": session.format, "backend": session.backend, "load_time_ms": session.load_time_ms,
+                         "runtime_import_ms": max(0.0, import_ms - session.load_time_ms),
+                         "first_run_ms": session.first_run_ms,
+                         "load_rss_delta_mb": (after - before) / 2**20 if before is not None and after is not None
+                         else None, "imports_torch": "torch" in sys.modules}
+            elif op == "run":
+                for _ in range(command["settle"]):
+                    runner()
+                samples = []
+                for _ in range(command["count"]):
+                    start = time.perf_counter()
+                    runner()
+                    samples.append(time.perf_counter() - start)
+                reply = {"samples": samples, "peak_rss": peak_rss_bytes()}
+            elif op == "profile":
+                reply = _profile(session, arrays, command["runs"])
+            else:
+                raise UsageError(f"unknown worker command {op!r}")
+        except Exception as exc:  # reported to the coordinator, which raises it there
+            code = exc.exit_code if isinstance(exc, PocketformerError) else ExecutionError.exit_code
+            reply = {"error": {"type": type(exc).__name__, "message": str(exc)[:2000], "exit_code": code}}
+        replies.write(json.dumps(reply, default=float) + "\n")
+        replies.flush()
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # a runtime printing to stdout must not corrupt the protocol
+    sys.stdout = sys.stderr
+    _serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    main()
