@@ -107,15 +107,10 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
 
     `references` (name, Session-like, feed) run in this process, in the same rounds (e.g. eager PyTorch).
     """
-    from device_runtime.measure import SCHEMA, _names, _size, add_ratios, host_info
+    from device_runtime.measure import SCHEMA, _size, add_ratios, checked_arguments, host_info
     from device_runtime.session import LatencyStats
 
-    if not paths:
-        raise UsageError("no artifacts to benchmark")
-    if runs < 1 or warmup < 0:
-        raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    feeds = list(feeds) if feeds is not None else [None] * len(paths)
-    names = list(names) if names is not None else _names(paths)
+    feeds, names = checked_arguments(paths, runs, warmup, feeds, names)
     workers: list[_Worker] = []
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as folder:
         try:

@@ -105,12 +105,7 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
     """
     import device_runtime
 
-    if not paths:
-        raise UsageError("no artifacts to benchmark")
-    if runs < 1 or warmup < 0:
-        raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    feeds = list(feeds) if feeds is not None else [None] * len(paths)
-    names = list(names) if names is not None else _names(paths)
+    feeds, names = checked_arguments(paths, runs, warmup, feeds, names)
     resettable = reset_peak_rss()
     baseline_rss = rss_bytes()
     entries = []
@@ -201,6 +196,16 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
                 max(r["peak_rss_mb"] for r in results), "results": results}
     add_ratios(document)
     return document
+
+
+def checked_arguments(paths, runs: int, warmup: int, feeds, names) -> tuple[list, list[str]]:
+    """The feeds and labels of a benchmark (defaults filled in), once its counts are known to make sense."""
+    if not paths:
+        raise UsageError("no artifacts to benchmark")
+    if runs < 1 or warmup < 0:
+        raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    return (list(feeds) if feeds is not None else [None] * len(paths),
+            list(names) if names is not None else _names(paths))
 
 
 def add_ratios(document: dict[str, Any]) -> dict[str, Any]:
