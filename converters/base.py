@@ -75,6 +75,11 @@ class NoOptions:
     """A format with no options of its own."""
 
 
+def option_values(options: Any) -> dict[str, Any]:
+    """A converter's Options as the keyword arguments its methods take."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
 def option_fields(options_type: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(options_type))
 

@@ -92,6 +92,11 @@ class ArtifactEntry:
     tools: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
+    def matches(self, path: Path) -> bool:
+        """Whether the bytes at `path` are still the ones this entry recorded (size first: cheap)."""
+        path = Path(path)
+        return path.exists() and size_of(path) == self.size_bytes and sha256_of(path) == self.sha256
+
     @property
     def verified(self) -> bool | None:
         """True: met its tolerance here; None: parity could not be run on the exporting host."""
@@ -194,8 +199,7 @@ def load_entry(artifact: str | Path, trust: bool = False) -> ArtifactRecord:
     if entry is not None and not trust:
         if not path.exists():
             raise ArtifactNotFoundError(f"no such artifact: {path}")
-        size = size_of(path)
-        if size != entry.size_bytes or sha256_of(path) != entry.sha256:
+        if not entry.matches(path):
             raise ArtifactModifiedError(
                 f"{path} was modified since export (its sha256 or size no longer matches {manifest.path}): "
                 "re-export or pass --trust")

@@ -51,11 +51,7 @@ def collect(root: Path) -> dict[str, Any]:
             models[model["name"]] = model
         for name, entry in found.artifacts.items():
             path = (report_path.parent / name).resolve()
-            try:  # figures of bytes that are no longer there would mislead: say so in the table
-                manifest.load_entry(path)
-                modified = False
-            except (manifest.ArtifactModifiedError, FileNotFoundError):
-                modified = True
+            modified = not entry.matches(path)  # figures of other bytes would mislead: say so in the table
             parity = entry.parity or {}
             quant, lowering = parity.get("quantization") or {}, parity.get("lowering") or {}
             artifacts[str(path)] = {

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from converters import atomic_path, get_converter, parity as checks
-from converters.base import ConversionError, Converter, UnknownOptionError, UnsupportedError, resolve_precision
+from converters.base import (ConversionError, Converter, UnknownOptionError, UnsupportedError, option_values,
+                             resolve_precision)
 from device_runtime import manifest
 from device_runtime.errors import PocketformerError, UsageError
 from models_zoo import ModelSpec, Precision, get_model
@@ -63,7 +64,7 @@ class _Plan:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+        return option_values(self.options)
 
 
 @dataclass
@@ -107,7 +108,7 @@ def plan(spec: ModelSpec, formats: Sequence[str], precision: str | None, out_dir
     plans = []
     for converter, opts in zip(converters, _split_options(converters, options)):
         resolved = resolve_precision(spec, precision, converter)
-        kwargs = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+        kwargs = option_values(opts)
         reason = converter.unsupported_reason(spec, resolved, **kwargs)
         if reason:
             raise UnsupportedError(f"cannot export {spec.name} to {converter.format} at {resolved}: {reason}")
