@@ -183,20 +183,17 @@ def _run(entry: dict[str, Any], settle: int, count: int) -> None:
         entry["samples"].extend(reply["samples"])
         entry["peak"] = max(entry["peak"], reply["peak_rss"])
         return
+    from device_runtime.measure import timed_runs
+
     execute, arrays = entry["session"]._execute, entry["arrays"]
-    for _ in range(settle):
-        execute(arrays)
-    for _ in range(count):
-        start = time.perf_counter()
-        execute(arrays)
-        entry["samples"].append(time.perf_counter() - start)
+    entry["samples"] += timed_runs(lambda: execute(arrays), settle, count)
 
 
 # -- the worker ------------------------------------------------------------------------------------------
 def _serve(commands, replies) -> None:
     """Answer the coordinator's commands for one artifact until "quit" or end of input."""
     import device_runtime
-    from device_runtime.measure import _profile, peak_rss_bytes, rss_bytes
+    from device_runtime.measure import _profile, peak_rss_bytes, rss_bytes, timed_runs
 
     session = runner = None
     for line in commands:
@@ -223,14 +220,8 @@ def _serve(commands, replies) -> None:
                          "load_rss_delta_mb": (after - before) / 2**20 if before is not None and after is not None
                          else None, "imports_torch": "torch" in sys.modules}
             elif op == "run":
-                for _ in range(command["settle"]):
-                    runner()
-                samples = []
-                for _ in range(command["count"]):
-                    start = time.perf_counter()
-                    runner()
-                    samples.append(time.perf_counter() - start)
-                reply = {"samples": samples, "peak_rss": peak_rss_bytes()}
+                reply = {"samples": timed_runs(runner, command["settle"], command["count"]),
+                         "peak_rss": peak_rss_bytes()}
             elif op == "profile":
                 reply = _profile(session, arrays, command["runs"])
             else:

@@ -154,12 +154,7 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
         for entry in entries[i % n:] + entries[:i % n]:
             _reset_mark(resettable)
             execute, arrays = entry["session"]._execute, entry["arrays"]
-            for _ in range(settle if n > 1 else 0):
-                execute(arrays)  # untimed: lets the previous runtime's spinning worker threads go idle
-            for _ in range(count):
-                start = time.perf_counter()
-                execute(arrays)
-                entry["samples"].append(time.perf_counter() - start)
+            entry["samples"] += timed_runs(lambda: execute(arrays), settle if n > 1 else 0, count)
             entry["peak"] = max(entry["peak"], peak_rss_bytes())
             done += count
             if progress:
@@ -196,6 +191,19 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
                 max(r["peak_rss_mb"] for r in results), "results": results}
     add_ratios(document)
     return document
+
+
+def timed_runs(call: Callable[[], Any], settle: int, count: int) -> list[float]:
+    """`settle` untimed calls (they let the previous runtime's spinning worker threads go idle), then the seconds
+    of each of `count` timed calls."""
+    for _ in range(settle):
+        call()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def checked_arguments(paths, runs: int, warmup: int, feeds, names) -> tuple[list, list[str]]:
