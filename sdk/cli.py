@@ -13,22 +13,20 @@ Exit codes scripts can trust:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from device_runtime.errors import (EXIT_BAD_INPUT, EXIT_BUG, EXIT_OK, EXIT_UNSUPPORTED,  # noqa: F401 (re-exported)
-                                   ArtifactNotFoundError, PocketformerError)
+                                   PocketformerError)
+from sdk.cli_common import (CliError, add_device_args, add_feed_args, add_runtime_args,  # noqa: F401 (re-exported)
+                            existing_artifact, print_table)
 from sdk.feeds import build_feed
 
-
-class CliError(PocketformerError):
-    """A command-line usage error; exits with `code`."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message)
-        self.exit_code = code
+# Subcommands in modules of their own; each has `add_parser(subparsers)`.
+COMMAND_MODULES = ("sdk.inspect_cli", "sdk.compress.cli")
 
 
 # -- zoo ---------------------------------------------------------------------------------------------
@@ -41,7 +39,7 @@ def cmd_zoo_list(args) -> int:
         inputs = ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in spec.input_specs())
         rows.append((name, spec.family, spec.task, inputs, spec.default_precision,
                      "yes" if spec.tiny_overrides is not None else "NO"))
-    _print_table(rows)
+    print_table(rows)
     return EXIT_OK
 
 
@@ -64,7 +62,7 @@ def cmd_formats(args) -> int:
         runtime = ", ".join(f"{b['name']} ({'ok' if b['unavailable'] is None else 'unavailable'})"
                             for b in backends.get(fmt, [])) or "none"
         rows.append((fmt, conv.suffix, " ".join(conv.precisions), conv.missing_toolchain() or "ok", runtime))
-    _print_table(rows)
+    print_table(rows)
     return EXIT_OK
 
 
@@ -86,16 +84,6 @@ def cmd_export(args, option_dests: list[str]) -> int:
 
 
 # -- run ---------------------------------------------------------------------------------------------
-def _existing(path: str, trust: bool = False) -> Path:
-    """The artifact's path, once it exists and (unless `trust`) matches the hash its manifest recorded."""
-    from device_runtime.manifest import load_entry
-
-    if not Path(path).exists():
-        raise ArtifactNotFoundError(f"no such artifact: {path}")
-    load_entry(path, trust=trust)
-    return Path(path)
-
-
 def _open(args):
     import device_runtime
 
@@ -107,7 +95,7 @@ def cmd_run(args) -> int:
 
     from sdk.report import report_for_artifact
 
-    artifact = _existing(args.artifact, args.trust)
+    artifact = existing_artifact(args.artifact, args.trust)
     feed = build_feed(artifact, args.image, args.text, args.input, trust=True)  # checked just above
     session = _open(args)
     if not feed:
@@ -138,7 +126,7 @@ def cmd_bench(args) -> int:
     from sdk.progress import Progress
 
     progress = Progress(enabled=not args.quiet)
-    artifacts = [_existing(a, args.trust) for a in args.artifacts]
+    artifacts = [existing_artifact(a, args.trust) for a in args.artifacts]
     feeds = None
     if args.image or args.text or args.input:
         feeds = [build_feed(a, args.image, args.text, args.input, trust=True) or None for a in artifacts]
@@ -153,77 +141,6 @@ def cmd_bench(args) -> int:
 
         write_json_atomic(Path(args.json), document)
         print(f"  written {args.json}")
-    return EXIT_OK
-
-
-# -- profile -----------------------------------------------------------------------------------------
-def cmd_profile(args) -> int:
-    """Per-operator profile of an artifact here (Session.profile) or on a device (--device)."""
-    import device_runtime
-    from device_runtime.profile import OpProfile, profile_capabilities
-
-    if args.capabilities or not args.artifact:
-        rows = [("format", "backend", "runtime here", "per-operator profiler")]
-        for row in profile_capabilities():
-            rows.append((row["format"], row["backend"], "yes" if row["runtime_here"] else "no",
-                         row["profiler"] or f"none: {row['no_profiler']}"))
-        _print_table(rows)
-        return EXIT_OK
-    artifact = _existing(args.artifact, args.trust)
-    from sdk.bench import bench, sample_feed
-
-    # The model's first real sample when the manifest names a zoo model; else the session's example feed.
-    feed = build_feed(artifact, args.image, args.text, args.input, trust=True) or sample_feed(artifact, trust=True)
-    if args.device:
-        document = bench(
-            [artifact], runs=max(1, args.runs), warmup=args.warmup, threads=args.threads, feeds=[feed],
-            device=args.device, runner=args.runner, remote_python=args.remote_python, profile_runs=args.runs,
-            ssh_key=args.ssh_key, ssh_options=args.ssh_option, trust=True)
-        result = document["results"][0]
-        if not result.get("profile"):
-            raise CliError(f"no per-operator profile from {args.device}: "
-                           f"{result.get('profile_unavailable') or 'the runner printed none'}", EXIT_UNSUPPORTED)
-        table = OpProfile.from_dict(result["profile"])
-    else:
-        session = device_runtime.load(artifact, backend=args.backend, num_threads=args.threads, adapt_io=True)
-        table = session.profile(feed, runs=args.runs, warmup=args.warmup)
-    print(table.to_text(top=args.top))
-    if args.json:
-        from device_runtime.atomic import write_json as write_json_atomic
-
-        write_json_atomic(Path(args.json), {"artifact": str(artifact), "device": args.device or "local",
-                                            "profile": table.to_dict()})
-        print(f"  written {args.json}")
-    return EXIT_OK
-
-
-# -- analyze -----------------------------------------------------------------------------------------
-def cmd_analyze(args) -> int:
-    """Parameters, FLOPs, memory access cost, arithmetic intensity and the CPU roofline, per zoo model."""
-    from models_zoo import list_models
-    from sdk.analysis import analyze_model, cpu_roofline, format_analysis
-
-    names = args.models or list_models()
-    roofline = cpu_roofline(threads=args.threads, measure=args.measure)
-    rows = [analyze_model(name, tiny=args.tiny, seq_len=args.seq_len, roofline=roofline) for name in names]
-    print(format_analysis(rows, roofline))
-    if args.json:
-        from device_runtime.atomic import write_json as write_json_atomic
-
-        write_json_atomic(Path(args.json), {"roofline": roofline, "models": rows})
-        print(f"  written {args.json}")
-    return EXIT_OK
-
-
-# -- report ------------------------------------------------------------------------------------------
-def cmd_report(args) -> int:
-    from sdk.html_report import build_report
-
-    paths = build_report(Path(args.dir), html_path=Path(args.out) if args.out else None,
-                         markdown_path=Path(args.markdown) if args.markdown else None,
-                         profile=not args.no_profile, analysis=not args.no_analysis)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
     return EXIT_OK
 
 
@@ -243,32 +160,8 @@ def cmd_tune(args) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
-def _print_table(rows: list[tuple]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-TRUST_HELP = ("use the artifact even if its bytes no longer match the sha256 recorded in the report.json beside "
-              "it (default: refuse, since its figures describe another file)")
-
-
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("artifact", help="an exported artifact (.pte, .tflite, .onnx, ...); the format is read from its bytes")
-    p.add_argument("--backend", help="runtime backend for the format (default: the first installed; see `pocketformer formats`)")
-    p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
-    p.add_argument("--trust", action="store_true", help=TRUST_HELP)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says")
-    src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
-    src.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="a raw input tensor (repeat for each input)")
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    from converters import PRECISIONS, get_converter, list_converters
+    from converters import PRECISIONS, list_converters
 
     parser = argparse.ArgumentParser(
         prog="pocketformer", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -307,7 +200,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     exp.set_defaults(func=lambda a: cmd_export(a, option_dests))
 
     run = sub.add_parser("run", help="run an artifact on an image, a sentence or raw tensors; print top outputs")
-    _add_runtime_args(run)
+    add_runtime_args(run)
     run.add_argument("--top", type=int, default=5, help="how many top classes to print (default 5)")
     run.set_defaults(func=cmd_run)
 
@@ -317,7 +210,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                     "hits them alike; ratios are against the first artifact. With --device, on your own device.")
     bench.add_argument("artifacts", nargs="+", metavar="artifact",
                        help="exported artifacts (.pte, .tflite, .onnx, ...); the format is read from the bytes")
-    _add_feed_args(bench)
+    add_feed_args(bench)
     bench.add_argument("--backend", help="runtime backend (default: the first installed for each format)")
     bench.add_argument("--threads", type=int, help="CPU threads for the runtimes (default: each runtime's own)")
     bench.add_argument("--runs", type=int, default=50, help="timed runs per artifact (default 50)")
@@ -326,41 +219,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                        help="also record each artifact's per-operator profile over N runs (into the JSON)")
     bench.add_argument("--json", help="also write the result document as JSON to this file")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_device_args(bench)
+    add_device_args(bench)
     bench.set_defaults(func=cmd_bench)
-
-    prof = sub.add_parser("profile", help="per-operator profile of an artifact (here or on a device)")
-    prof.add_argument("artifact", nargs="?", help="an exported artifact")
-    prof.add_argument("--capabilities", action="store_true",
-                      help="list which backends have a per-operator profiler (and why not)")
-    _add_feed_args(prof)
-    prof.add_argument("--backend", help="runtime backend")
-    prof.add_argument("--threads", type=int, help="CPU threads")
-    prof.add_argument("--runs", type=int, default=10, help="profiled runs (default 10)")
-    prof.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up runs (default 2)")
-    prof.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
-    prof.add_argument("--json", help="also write the profile as JSON to this file")
-    _add_device_args(prof)
-    prof.set_defaults(func=cmd_profile)
-
-    ana = sub.add_parser("analyze", help="params, FLOPs, memory access cost, arithmetic intensity, CPU roofline")
-    ana.add_argument("models", nargs="*", help="zoo models (default: all)")
-    ana.add_argument("--tiny", action="store_true", help="the tiny variants")
-    ana.add_argument("--seq-len", type=int, help="sequence length for the BERT family (default 128)")
-    ana.add_argument("--threads", type=int, help="cores the roofline counts (default: all usable)")
-    ana.add_argument("--measure", action="store_true",
-                     help="also measure this CPU's fp32 matmul rate and memory bandwidth (a few seconds)")
-    ana.add_argument("--json", help="also write the analysis as JSON to this file")
-    ana.set_defaults(func=cmd_analyze)
-
-    rep = sub.add_parser("report", help="one self-contained HTML page (and Markdown) from a run's folder")
-    rep.add_argument("dir", help="a folder with report.json files (pocketformer export) and bench JSON files")
-    rep.add_argument("--out", help="HTML file (default DIR/report.html)")
-    rep.add_argument("--markdown", help="Markdown file (default DIR/report.md; images beside it)")
-    rep.add_argument("--no-profile", action="store_true",
-                     help="do not profile the slowest artifact when no bench JSON holds its profile")
-    rep.add_argument("--no-analysis", action="store_true", help="skip FLOPs counting (no FLOPs-vs-latency plot)")
-    rep.set_defaults(func=cmd_report)
 
     tun = sub.add_parser("tune", help="export to every format x precision that runs here, keep the accurate ones, "
                                       "benchmark them interleaved, pick the fastest")
@@ -378,8 +238,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     tun.add_argument("--threads", type=int, help="CPU threads for the runtimes")
     tun.add_argument("--quiet", action="store_true", help="no progress lines")
     tun.set_defaults(func=cmd_tune)
-    from sdk.compress.cli import add_parser as add_compress_parser
-    add_compress_parser(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     parser.add_argument("--verbose", action="store_true", help="show the toolchains' own log lines and warnings, "
                                                                "and tracebacks of unexpected errors")
     _add_verbose(sub)
@@ -427,30 +287,6 @@ def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
             group.add_argument(flag, **kwargs)
             dests.append(f.name)
     return dests
-
-
-def _add_feed_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust", action="store_true", help=TRUST_HELP)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says "
-                                     "(default: the model's first real sample)")
-    src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
-    src.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="a raw input tensor (repeat for each input)")
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    dev = p.add_argument_group("on a device")
-    dev.add_argument("--device", metavar="ssh://user@host[:port] | adb:SERIAL",
-                     help="run on your own device: a Linux box over SSH (key-based) or an Android phone over adb")
-    dev.add_argument("--runner", metavar="PATH",
-                     help="a native benchmark binary to push and run instead of the device's Python: LiteRT's "
-                          "benchmark_model for .tflite, ExecuTorch's executor_runner for .pte")
-    dev.add_argument("--remote-python", default="python3",
-                     help="the device's Python interpreter (default python3); it needs numpy and the runtime")
-    dev.add_argument("--ssh-key", help="private key for SSH (default: ssh's own: agent, ~/.ssh/id_*)")
-    dev.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
-                     help="an ssh -o option, e.g. StrictHostKeyChecking=accept-new (repeatable)")
 
 
 def _bug_pointer(exc: BaseException) -> str:
