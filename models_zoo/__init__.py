@@ -3,7 +3,7 @@ from models_zoo.errors import UnknownModelError, WeightsError
 from models_zoo.precision import PRECISIONS, Precision
 from models_zoo.spec import (InputSpec, ModelSpec, Tolerance, family_representatives, get_model, list_models,
                              register_model)
-from models_zoo import bert, efficientformer, minilm, mobilevit  # noqa: F401  (registration)
+from models_zoo import bert, deit, distilbert, efficientformer, minilm, mobilevit, tinyvit  # noqa: F401  (registration)
 
 __all__ = ["PRECISIONS", "Precision", "InputSpec", "ModelSpec", "Tolerance", "UnknownModelError", "WeightsError", "family_representatives", "get_model",
            "list_models", "register_model"]

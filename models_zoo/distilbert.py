@@ -1,0 +1,80 @@
+"""DistilBERT, a distilled version of BERT: smaller, faster, cheaper and lighter (Sanh et al., 2019,
+https://arxiv.org/abs/1910.01108). Built with transformers' DistilBERT code: `DistilBertConfig()` is the paper's
+student (§3: BERT-base with every other layer removed, 6 layers of width 768, no token-type embeddings and no
+pooler), here as an SST-2 sequence classifier (the paper's GLUE setting, §4.1) on the bert-base-uncased
+WordPiece vocabulary, with the BERT family's tokenizer, sentences and calibration split.
+
+Its module names differ from BERT's (`transformer.layer[i].attention.q_lin`, `ffn.lin1` for BERT's
+`encoder.layer[i].attention.self.query`, `intermediate.dense`), which is why `pocketformer compress` refuses it
+(`compression_unsupported`)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from models_zoo.bert import BERT_BASE_VOCAB, BERT_TOLERANCES, BertSpec, init_bert_weights
+from models_zoo.errors import WeightsError
+from models_zoo.spec import register_model
+
+# The BERT family's tiny dims in DistilBERT's names (a larger init scale than 0.02, so logits have real spread).
+TINY_CONFIG = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.2)
+
+# DistilBERT tolerances: MEASURED_BELOW
+DISTILBERT_TOLERANCES = dict(BERT_TOLERANCES)
+
+
+@dataclass(frozen=True)
+class DistilBertSpec(BertSpec):
+    family: str = "distilbert"
+    tolerances: dict = field(default_factory=lambda: dict(DISTILBERT_TOLERANCES))
+    use_token_type_ids: bool = False  # DistilBERT has no segment embedding
+
+    @property
+    def compression_unsupported(self) -> str:
+        return ("the compression recipes (qat, distill, prune, binarize) tap, prune and save BERT's modules "
+                "(BertModel: encoder.layer[i].attention.self.query/key/value, intermediate.dense, output.dense) "
+                "and BertConfig dims; DistilBERT names them transformer.layer[i].attention.q_lin/k_lin/v_lin, "
+                "ffn.lin1/lin2 (DistilBertConfig: dim, n_layers, hidden_dim), which they do not address. "
+                "Export it as it is (int8 quantizes it at export), or compress a BERT-family model such as "
+                "tinybert_6l_768d")
+
+    def with_architecture(self, architecture):
+        raise WeightsError(f"{self.name}: this checkpoint declares compressed BERT dims "
+                           f"(from {architecture.get('source_model', '?')}); {self.compression_unsupported}")
+
+    def _hf_config(self):
+        from transformers import DistilBertConfig
+
+        config = DistilBertConfig(vocab_size=BERT_BASE_VOCAB, num_labels=self.num_labels, **self.config)
+        config._attn_implementation = "eager"  # plain matmul/softmax: every exporter takes it, FLOPs count it
+        return config
+
+    def _build(self):
+        from transformers import DistilBertForSequenceClassification
+
+        config = self._hf_config()
+        model = DistilBertForSequenceClassification(config)
+        init_bert_weights(model, config.initializer_range)
+        return _logits_class()(model)
+
+
+@functools.lru_cache(maxsize=None)
+def _logits_class():
+    import torch
+
+    class DistilBertLogits(torch.nn.Module):
+        """Positional (input_ids, attention_mask) -> the logits tensor alone."""
+
+        def __init__(self, hf_model):
+            super().__init__()
+            self.model = hf_model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return DistilBertLogits
+
+
+@register_model
+def distilbert_base_uncased(name):
+    return DistilBertSpec(name=name, config={}, tiny_overrides={"config": TINY_CONFIG, "seq_len": 32})

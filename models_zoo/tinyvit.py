@@ -1,0 +1,57 @@
+"""TinyViT: Fast Pretraining Distillation for Small Vision Transformers (Wu et al., ECCV 2022,
+https://arxiv.org/abs/2207.10666). Built with timm's TinyViT code, with the 1000 ImageNet classes of the
+`.dist_in22k_ft_in1k` checkpoints (distilled on ImageNet-21k from a large teacher's stored logits, §3, then
+fine-tuned on ImageNet-1k). A conv stage, then three stages of windowed attention with a depthwise conv between
+attention and MLP (§4).
+
+The tiny variant keeps the four stages with one block each, width 16..64, on a 64x64 input; its 2x2 windows
+are smaller than the token grids of stages 2 and 3 (8x8, 4x4), so the window partition, a rank-6 view that
+Core ML rejects (`converters.rewrites.fold_window_batch`), runs as in the full model (whose 28x28 stage 2
+splits into 7x7 windows)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models_zoo.spec import register_model
+from models_zoo.timm_vision import VISION_TOLERANCES, TimmVisionSpec
+
+# Widths of 16..64: at 8..32 the seeded random init's activations fade to std 5e-5 by the head (logit spread
+# 0.006), which verification would refuse as a flat reference; at 16..64 the logits spread 0.10.
+TINY_ARGS = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2),
+                 window_sizes=(2, 2, 2, 2))
+
+# TinyViT tolerances: MEASURED_BELOW
+TINYVIT_TOLERANCES = dict(VISION_TOLERANCES)
+
+
+@dataclass(frozen=True)
+class TinyViTSpec(TimmVisionSpec):
+    family: str = "tinyvit"
+    tolerances: dict = field(default_factory=lambda: dict(TINYVIT_TOLERANCES))
+
+    def _build(self):
+        import timm
+
+        # pretrained=False: timm builds the architecture only (weights come from `--weights`, never downloaded).
+        return timm.create_model(self.timm_name, pretrained=False, num_classes=self.num_classes, **self.model_args)
+
+
+def _tiny_vit(name: str) -> TinyViTSpec:
+    # The tag names the 1000-class checkpoint whose preprocessing (crop, mean, std) the samples follow; timm's
+    # default tag for these names is the 21841-class ImageNet-21k one.
+    return TinyViTSpec(name=name, timm_name=f"{name}.dist_in22k_ft_in1k", tiny_overrides={"model_args": TINY_ARGS, "image_size": 64})
+
+
+@register_model
+def tiny_vit_5m_224(name):
+    return _tiny_vit(name)
+
+
+@register_model
+def tiny_vit_11m_224(name):
+    return _tiny_vit(name)
+
+
+@register_model
+def tiny_vit_21m_224(name):
+    return _tiny_vit(name)
