@@ -304,9 +304,9 @@ def main(argv=None) -> int:
         summary["error"], code = {"kind": "bad_input", "type": type(exc).__name__, "message": str(exc)}, exc.exit_code
     except Exception as exc:  # report it on the framed channel: the host cannot read a device traceback
         summary["error"], code = {"kind": "error", "type": type(exc).__name__, "message": str(exc)}, 1
-    import platform
+    from device_runtime.measure import host_info
 
-    summary["machine"] = {"arch": platform.machine(), "python": platform.python_version()}
+    summary["machine"] = host_info()  # its "cpu" says when the board is emulated (scripts/arm64_board.sh)
     sys.stdout.write(f"{BEGIN}\n{json.dumps(summary, default=str)}\n{END}\n")
     return code
 
