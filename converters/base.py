@@ -196,6 +196,18 @@ class Converter:
         """
         raise NotImplementedError
 
+    # Whether `convert_buckets` writes one artifact holding several sequence lengths (`export --seq-lens`);
+    # otherwise the pipeline writes one artifact per length.
+    multi_length: bool = False
+
+    def convert_buckets(self, module, specs: dict, precision: str, calibration: dict, path: Path,
+                        **options) -> Conversion:
+        """One artifact holding every length of `specs` ({length: spec at that length}; `calibration` likewise),
+        with the weights stored once and the entry points `device_runtime.buckets` routes to. The returned
+        `Conversion.reference` is {length: module} when the reference differs per length (quantized), else the
+        fp32 module."""
+        raise NotImplementedError
+
 
 _CONVERTERS: dict[str, Converter] = {}
 

@@ -22,6 +22,7 @@ from device_runtime.errors import (BackendUnavailableError, CorruptArtifactError
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError, profile_capabilities
 from device_runtime.registry import BACKENDS, FORMATS, choose_backend, sniff_format
 from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo, with_value_ranges
+from device_runtime.buckets import BucketedSession, SequenceTooLongError
 from device_runtime.batching import Batcher, QueueFullError, session_batch_runner
 from device_runtime.pool import SessionPool
 
@@ -30,7 +31,7 @@ for _module in pkgutil.iter_modules(_backends_pkg.__path__):
 
 
 def load(path: str | os.PathLike, backend: str | None = None, num_threads: int | None = None,
-         adapt_io: bool = False, allow_non_finite: bool = False, **options) -> Session:
+         adapt_io: bool = False, allow_non_finite: bool = False, truncate: bool = False, **options) -> Session:
     """Open an artifact. The format comes from the file's bytes; `backend` picks among that format's
     runtimes (default: the first installed, in precedence order, reported in `session.info`).
     `adapt_io=True` casts/quantizes feeds to what the artifact expects (see `Session.adapt_io`).
@@ -39,12 +40,31 @@ def load(path: str | os.PathLike, backend: str | None = None, num_threads: int |
     [0, vocab_size - 1], token types, masks; from the `.pte` metadata method or the ONNX metadata_props, else
     from the `report.json` manifest beside the artifact; `TensorInfo.value_range`) and raises `ValueRangeError`
     naming the input, the position and the range, before the native runtime sees the feed. Float inputs holding
-    NaN or Inf raise `NonFiniteInputError` unless `allow_non_finite=True` (also `Session.allow_non_finite`)."""
+    NaN or Inf raise `NonFiniteInputError` unless `allow_non_finite=True` (also `Session.allow_non_finite`).
+
+    Sequence-length buckets: an artifact exported with `--seq-lens` opens as a `BucketedSession` that pads each
+    request to the smallest length it holds (`session.lengths`); a longer one raises `SequenceTooLongError`
+    unless `truncate=True`. Naming an entry point (`method=` for .pte, `signature=` for .tflite) opens just that one."""
     fmt = sniff_format(path)
     chosen = choose_backend(fmt, backend)
     start = time.perf_counter()
     session = chosen.open(str(path), num_threads=num_threads, **options)
-    session.load_time_ms = (time.perf_counter() - start) * 1e3
+    session.load_time_ms = first_load_ms = (time.perf_counter() - start) * 1e3
+    named_entry = session.entry_point_option is not None and session.entry_point_option in options
+    if session.buckets and not named_entry:
+        option = session.entry_point_option
+
+        def open_entry(name: str) -> Session:
+            opened = chosen.open(str(path), num_threads=num_threads, **options, **{option: name})
+            return _finish(opened, path, adapt_io, allow_non_finite)
+
+        start = time.perf_counter()
+        session = BucketedSession(_finish(session, path, adapt_io, allow_non_finite), open_entry, truncate=truncate)
+        session.load_time_ms = first_load_ms + (time.perf_counter() - start) * 1e3
+    return _finish(session, path, adapt_io, allow_non_finite)
+
+
+def _finish(session: Session, path, adapt_io: bool, allow_non_finite: bool) -> Session:
     session.adapt_io = adapt_io
     session.allow_non_finite = bool(allow_non_finite)
     if not any(t.value_range for t in session._inputs):
@@ -76,4 +96,4 @@ __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "Tenso
            "BenchmarkResult", "LatencyStats", "BackendUnavailableError", "CorruptArtifactError", "DTypeError",
            "ExecutionError", "InputError", "MissingInputError", "NonFiniteInputError", "ShapeError", "UnexpectedInputError",
            "UnknownFormatError", "ValueRangeError"]
-__all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner"]
+__all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner", "BucketedSession", "SequenceTooLongError"]

@@ -123,6 +123,10 @@ class Session:
     reentrant: bool = False
     # Float inputs holding NaN or Inf raise NonFiniteInputError unless this is True (`load(..., allow_non_finite=True)`).
     allow_non_finite: bool = False
+    # Sequence-length buckets the artifact holds ({length: entry point name, or None for a dynamic axis}; see
+    # device_runtime.buckets), and the open option that selects an entry point ("method", "signature").
+    buckets: dict = {}
+    entry_point_option: str | None = None
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
         self.path = str(path)

@@ -44,6 +44,8 @@ from device_runtime.session import Session, TensorInfo, with_value_ranges
 # (value ranges inclusive; checked by `Session._validate`: the int8 embedding kernel aborts on a bad id).
 META_METHOD = "pocketformer_meta"
 META_INPUTS, META_OUTPUTS, META_VALUE_RANGES = "inputs", "outputs", "value_ranges"
+# {length: method} of a multi-length program (device_runtime.buckets); `forward` is its largest length.
+META_BUCKETS = "buckets"
 FILE_IDENTIFIER_PREFIX = b"ET"  # bytes 4..6 of a .pte; bytes 6..8 are the schema version
 # ExecuTorch ScalarType codes (c10 numbering).
 SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
@@ -133,6 +135,7 @@ class ExecuTorchSession(Session):
     backend = "executorch"
     # A Method has one memory plan and is not re-entrant: `Session.run` locks (the default).
     reentrant = False
+    entry_point_option = "method"
 
     def __init__(self, path: str, num_threads: int | None = None, method: str = "forward") -> None:
         super().__init__(path, num_threads)
@@ -170,6 +173,8 @@ class ExecuTorchSession(Session):
         self._inputs = with_value_ranges([self._info(n, mm.input_tensor_meta(i)) for i, n in enumerate(in_names)],
                                          meta.get(META_VALUE_RANGES) or {})
         self._outputs = [self._info(n, mm.output_tensor_meta(i)) for i, n in enumerate(out_names)]
+        self.entry_point = method
+        self.buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
 
     @staticmethod
     def _embedded_meta(program) -> dict:

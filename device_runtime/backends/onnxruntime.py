@@ -34,6 +34,7 @@ from device_runtime.errors import BackendUnavailableError, CorruptArtifactError,
 from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
                                      requires_module)
+from device_runtime.buckets import ONNX_METADATA_KEY
 from device_runtime.session import Session, TensorInfo, with_value_ranges
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -120,14 +121,20 @@ class OnnxRuntimeSession(Session):
         self._inputs = with_value_ranges([self._info(i) for i in self._session.get_inputs()], self._value_ranges())
         self._outputs = [self._info(o) for o in self._session.get_outputs()]
         self._input_names = [t.name for t in self._inputs]
+        self.buckets = {length: None for length in self._metadata(ONNX_METADATA_KEY, [])}
 
     def _value_ranges(self) -> dict:
         """The ranges recorded in the model's metadata_props ({} for a foreign or older model, or unreadable)."""
+        ranges = self._metadata(METADATA_VALUE_RANGES, {})
+        return ranges if isinstance(ranges, dict) else {}
+
+    def _metadata(self, key: str, default):
+        """A JSON value Pocketformer recorded in the model's metadata_props (`default` when absent or unreadable)."""
         try:
-            raw = self._session.get_modelmeta().custom_metadata_map.get(METADATA_VALUE_RANGES)
-            return json.loads(raw) if raw else {}
+            raw = self._session.get_modelmeta().custom_metadata_map.get(key)
+            return json.loads(raw) if raw else default
         except (ValueError, AttributeError):
-            return {}
+            return default
 
     def _options(self, profile_prefix: str | None = None):
         ort = self._ort

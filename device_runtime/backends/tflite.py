@@ -24,6 +24,7 @@ from device_runtime.backends.tflite_verifier import FILE_IDENTIFIER, verify_flat
 from device_runtime.errors import CorruptArtifactError, InputError, UsageError
 from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
 from device_runtime.registry import module_present as _module_present  # tests replace this name
+from device_runtime.buckets import lengths_from_entry_points
 from device_runtime.session import QuantParams, Session, TensorInfo
 
 
@@ -79,6 +80,7 @@ class TFLiteSession(Session):
     # A LiteRT Interpreter is not thread-safe (set_tensor/invoke/get_tensor share its tensors; measured here:
     # 8 threads on one interpreter gave wrong outputs in ~1 of 5 runs): `Session.run` locks (the default).
     reentrant = False
+    entry_point_option = "signature"
 
     def __init__(self, path: str, num_threads: int | None = None, signature: str | None = None,
                  runtime: str = "ai_edge_litert") -> None:
@@ -113,6 +115,10 @@ class TFLiteSession(Session):
                 self._init_plain()
         except (ValueError, RuntimeError, KeyError, UnicodeDecodeError) as exc:
             raise CorruptArtifactError(f"{runtime} could not describe the inputs/outputs of {path}: {exc}") from None
+        self.entry_point = self.signature
+        # A multi-length file names one signature per length (device_runtime.buckets.ENTRY_POINT).
+        lengths = lengths_from_entry_points(list(signatures))
+        self.buckets = lengths if len(lengths) == len(signatures) and lengths else {}
 
     def _init_signature(self, sdef: dict) -> None:
         self._runner = self._interpreter.get_signature_runner(self.signature)
