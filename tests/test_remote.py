@@ -11,15 +11,11 @@
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +26,8 @@ from device_runtime.remote.parsers import (RunnerOutputError, parse_benchmark_mo
 from device_runtime.remote.transport import (AdbTarget, DeviceAuthError, DeviceRuntimeMissingError,
                                              DeviceUnreachableError, SSHTarget, parse_device, remote_benchmark)
 from sdk.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
+
+from conftest import free_port as _free_port  # the sshd fixture lives in conftest.py (the arm64 board uses it too)
 
 DATA = Path(__file__).parent / "data" / "runner_output"
 
@@ -217,70 +215,6 @@ def test_adb_errors_are_clear(fake_adb, capsys):
 
 
 # -- SSH, end to end ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin) or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server; .ci/run installs it)")
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {d / 'host_key'}
-        AuthorizedKeysFile {d / 'authorized_keys'}
-        PubkeyAuthentication yes
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        PermitRootLogin prohibit-password
-        StrictModes no
-        UsePAM no
-        PidFile {d / 'sshd.pid'}
-        Subsystem sftp internal-sftp
-        """))
-    host_key = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    (d / "empty_known_hosts").write_text("")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    log = open(d / "sshd.log", "w")
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.terminate()
-        pytest.fail("sshd did not start listening")
-    info = {"port": port, "user": getpass.getuser(), "key": str(d / "client_key"),
-            "stranger": str(d / "stranger_key"), "known_hosts": str(d / "known_hosts"),
-            "empty_known_hosts": str(d / "empty_known_hosts"), "dir": d}
-    try:
-        yield info
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
 def _ssh_args(sshd, key=None, known_hosts=None, port=None):
     return ["--device", f"ssh://{sshd['user']}@127.0.0.1:{port or sshd['port']}", "--ssh-key", key or sshd["key"],
             "--ssh-option", f"UserKnownHostsFile={known_hosts or sshd['known_hosts']}",
