@@ -122,6 +122,10 @@ def cmd_run(args) -> int:
 # -- bench -------------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     """Several artifacts, interleaved, here or on a device (--device); ratios against the first."""
+    if getattr(args, "app", False):  # bundles run by the Android app (sdk/android_app.py)
+        from sdk.android_app import cmd_bench_app
+
+        return cmd_bench_app(args)
     from sdk.bench import bench, format_table
     from sdk.progress import Progress
 
@@ -220,6 +224,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     bench.add_argument("--json", help="also write the result document as JSON to this file")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_args(bench)
+    bench.add_argument("--app", action="store_true",
+                       help="with --device adb:SERIAL: run bundles (or exports, bundled first) in the installed "
+                            "Pocketformer Android app, pull its JSON and self-check (android_demo/)")
     bench.set_defaults(func=cmd_bench)
 
     tun = sub.add_parser("tune", help="export to every format x precision that runs here, keep the accurate ones, "

@@ -533,3 +533,129 @@ def test_java_core_matches_the_sdk(tmp_path):
     assert runs["image"]["results"][0]["self_check"]["passed"] is True
     assert runs["image-noisy"]["results"][0]["self_check"]["passed"] is False
     assert runs["text-zip"]["results"][0]["latency"]["p50"] > 0
+
+
+# -- `pocketformer bench BUNDLE --device adb:SERIAL --app`, up to the device ---------------------------------
+# test_remote's stand-in adb (a fake device folder; shell commands run against it), with what the app adds:
+# folder pushes and pulls, `pm list packages`, and `am start`, which runs the app's launch code on the JVM
+# (dev.pocketformer.core.StandInApp: the core's LaunchOptions, Bundle, AppRun and JSON, with the host's outputs
+# replayed in place of ExecuTorch or LiteRT) in the background, as the app runs after `am start` returns.
+APP_ADB = r'''#!PYTHON
+import os, shlex, shutil, subprocess, sys
+root, log = os.environ["FAKE_ADB_ROOT"], os.environ["FAKE_ADB_LOG"]
+argv = sys.argv[1:]
+serial = argv[1] if argv[:1] == ["-s"] else ""
+args = argv[2:] if serial else argv
+def local(path):
+    return os.path.join(root, path.lstrip("/"))
+def mapped(text):
+    return text.replace("/sdcard/", local("/sdcard") + "/")
+def note():
+    with open(log, "a") as fh:
+        fh.write(shlex.join(["adb", *(["-s", serial] if serial else []), *args]) + "\n")
+def delegate(rest):  # everything else: test_remote's stand-in, unchanged (it logs the mapped paths apart)
+    note()
+    env = {**os.environ, "FAKE_ADB_LOG": log + ".mapped"}
+    os.execve(sys.executable, [sys.executable, os.environ["FAKE_ADB_STANDIN"], *(["-s", serial] if serial else []),
+                               *rest], env)
+if serial in ("missing", "locked"):
+    delegate(args)
+if args[0] == "push":
+    note()
+    dest = local(args[2])
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    (shutil.copytree if os.path.isdir(args[1]) else shutil.copy)(args[1], dest)
+    print(f"{args[1]}: pushed.")
+elif args[0] == "pull":
+    note()
+    shutil.copy(local(args[1]), args[2])
+elif args[0] == "shell" and args[1].startswith("pm list packages"):
+    note()
+    if not os.environ.get("FAKE_APP_ABSENT"):
+        print("package:dev.pocketformer.demo")
+elif args[0] == "shell" and args[1].startswith("am "):
+    note()
+    words = shlex.split(args[1])
+    if words[1] == "start" and not os.environ.get("FAKE_APP_HANG"):
+        extras = [local(w) if w.startswith("/sdcard/") else w for w in words]
+        subprocess.Popen(["java", "-cp", os.environ["FAKE_APP_CLASSPATH"], "dev.pocketformer.core.StandInApp", *extras],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(log + ".app", "a"))
+        print("Starting: Intent { cmp=dev.pocketformer.demo/.BenchActivity }\nStatus: ok")
+else:
+    delegate([args[0], mapped(args[1])] if args[0] == "shell" else args)
+'''
+
+
+@pytest.fixture
+def app_adb(tmp_path, monkeypatch):
+    from test_remote import FAKE_ADB
+
+    classpath = compiled_core()
+    bindir, device = tmp_path / "bin", tmp_path / "device"
+    bindir.mkdir()
+    device.mkdir()
+    standin = bindir / "remote_standin_adb"
+    standin.write_text(FAKE_ADB.replace("PYTHON", sys.executable, 1))
+    adb = bindir / "adb"
+    adb.write_text(APP_ADB.replace("PYTHON", sys.executable, 1))
+    adb.chmod(0o755)
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in (("FAKE_ADB_ROOT", device), ("FAKE_ADB_LOG", log), ("FAKE_ADB_STANDIN", standin),
+                       ("FAKE_APP_CLASSPATH", classpath), ("STANDIN_DEVICE", "adb:R58M123ABC")):
+        monkeypatch.setenv(key, str(value))
+    bundle = write_spec_bundle(tmp_path / "bundles" / "text", "text")
+    return {"log": log, "device": device, "bundle": bundle, "tmp": tmp_path}
+
+
+def test_bench_app_over_the_stand_in_adb(app_adb, monkeypatch, capsys):
+    from device_runtime.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY, EXIT_UNSUPPORTED
+    from device_runtime.remote.transport import RemoteError
+    from sdk.android_app import app_benchmark
+    from sdk.cli import main
+
+    out = app_adb["tmp"] / "bench.json"
+    bundle = app_adb["bundle"]
+    code = main(["bench", str(bundle), "--device", "adb:R58M123ABC", "--app", "--runs", "9", "--warmup", "1",
+                 "--threads", "2", "--json", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == EXIT_OK, printed.err
+    calls = app_adb["log"].read_text().splitlines()
+    assert all(c.startswith("adb -s R58M123ABC ") for c in calls)
+    start = next(c for c in calls if "am start" in c)
+    for extra in ("-n dev.pocketformer.demo/.BenchActivity", "--ei runs 9", "--ei warmup 1", "--ei threads 2",
+                  "--es bundle /sdcard/Android/data/dev.pocketformer.demo/files/pocketformer."):
+        assert extra in start, start
+    push = next(c for c in calls if " push " in c)
+    workdir = push.split()[-1].rsplit("/", 1)[0]
+    assert any(f"rm -rf {workdir}" in c for c in calls) and not (app_adb["device"] / workdir.lstrip("/")).exists()
+    doc = json.loads(out.read_text())
+    result = doc["results"][0]
+    assert doc["schema"] == "pocketformer.bench/1" and doc["device"] == "adb:R58M123ABC"
+    assert result["path"] == str(bundle / "artifacts" / "model.tflite") and result["runs"] == 9
+    assert result["remote_path"].startswith(workdir) and result["format"] == "tflite"
+    assert result["self_check"]["passed"] is True and result["device_verified"] is True
+    assert result["self_check"]["lowering"]["samples"] == 6 and result["model"] == "tinybert_4l_312d"
+    assert set(result["latency"]) >= {"p50", "p90", "p99", "mean"} and result["ratio_vs_first"] == 1.0
+    assert "self-check model.tflite: passed" in printed.out
+
+    monkeypatch.setenv("STANDIN_NOISE", "0.05")  # outputs off by 5% of their scale: the self-check fails
+    assert main(["bench", str(bundle), "--device", "adb:R58M123ABC", "--app", "--runs", "3", "--quiet"]) == EXIT_PARITY
+    assert "FAILED" in capsys.readouterr().out
+    monkeypatch.delenv("STANDIN_NOISE")
+
+    with pytest.raises(Exception, match="holds no artifact this app runs"):  # the app's own error comes back
+        app_benchmark("adb:R58M123ABC", [bundle], runs=2, artifact="other.tflite")
+    monkeypatch.setenv("FAKE_APP_HANG", "1")
+    with pytest.raises(RemoteError, match="no result within"):
+        app_benchmark("adb:R58M123ABC", [bundle], runs=2, timeout=1.0, poll_s=0.2)
+    assert "am force-stop dev.pocketformer.demo" in app_adb["log"].read_text()
+    monkeypatch.setenv("FAKE_APP_ABSENT", "1")
+    assert main(["bench", str(bundle), "--device", "adb:R58M123ABC", "--app"]) == EXIT_UNSUPPORTED
+    assert "installDebug" in capsys.readouterr().err
+    assert main(["bench", str(bundle), "--device", "ssh://pi@host", "--app"]) == EXIT_BAD_INPUT
+    # a bundle changed after writing is refused here, before anything is pushed
+    (bundle / "labels.txt").write_text("tampered\n")
+    monkeypatch.delenv("FAKE_APP_ABSENT")
+    assert main(["bench", str(bundle), "--device", "adb:R58M123ABC", "--app"]) == EXIT_BAD_INPUT
+    assert "labels.txt" in capsys.readouterr().err
