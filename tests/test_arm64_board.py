@@ -1,0 +1,84 @@
+"""`pocketformer verify` on the emulated arm64 board: the same artifacts, ARM kernels, compared with the host's.
+
+The board (scripts/arm64_board.sh; .ci/run builds it into .cache/arm64-board, never at test time) is Debian's
+arm64 Python 3.11 with PyPI's aarch64 numpy, ai-edge-litert and onnxruntime, run by qemu-aarch64-static as a
+Cortex-A72. It is reached as a device through the real SSH transport (the sshd of tests/conftest.py on
+127.0.0.1), with the board's Python as --remote-python: the path a user's own arm64 board takes, end to end,
+with only the CPU emulated. Goals: fp32 within 1e-5 of the host, int8 within its tolerance.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sdk.cli import EXIT_OK, main
+
+BOARD = Path(__file__).resolve().parents[1] / ".cache" / "arm64-board"
+PYTHON = BOARD / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def board():
+    if shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("qemu-aarch64-static is not installed (Debian: apt-get install qemu-user-static; .ci/run does)")
+    if not (BOARD / "READY").is_file():
+        pytest.skip(f"no emulated arm64 board at {BOARD}: build it with scripts/arm64_board.sh (.ci/run does); "
+                    "tests never download it")
+    return PYTHON
+
+
+@pytest.fixture(scope="module")
+def board_bundle(board, export_tiny, tmp_path_factory):
+    from sdk.bundles import write_bundle
+
+    paths = [export_tiny("mobilevit_xxs", "tflite", "fp32").path, export_tiny("mobilevit_xxs", "tflite", "int8").path,
+             export_tiny("mobilevit_xxs", "onnx", "fp32").path]
+    return write_bundle(paths, tmp_path_factory.mktemp("board") / "board.bundle.zip", zip_=True)
+
+
+def _onnxruntime_on_board(board) -> str | None:
+    """Why onnxruntime cannot run on the board (None when it imports)."""
+    result = subprocess.run([str(board), "-c", "import onnxruntime"], capture_output=True, text=True, timeout=120)
+    if result.returncode:
+        return (f"onnxruntime's aarch64 wheel does not import under qemu-aarch64-static -cpu cortex-a72 (exit "
+                f"{result.returncode}; tried with the ARM /proc/cpuinfo and /sys cpu files in place): "
+                f"{(result.stderr or '').strip()[-300:]}")
+    return None
+
+
+def test_verify_on_the_arm64_board_over_ssh(board, board_bundle, sshd, tmp_path, capsys):
+    onnx_problem = _onnxruntime_on_board(board)
+    artifacts = ["fp32-model.tflite", "int8-model.tflite"] + ([] if onnx_problem else ["model.onnx"])
+    report = tmp_path / "report"
+    args = ["verify", str(board_bundle), "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}",
+            "--ssh-key", sshd["key"], "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}",
+            "--ssh-option", "StrictHostKeyChecking=yes", "--remote-python", str(board), "--report-dir", str(report),
+            "--quiet", *[a for f in artifacts for a in ("--artifact", f)]]
+    code = main(args)
+    printed = capsys.readouterr().out
+    assert code == EXIT_OK, printed
+    (written,) = report.glob("device_verify-*.json")
+    doc = json.loads(written.read_text())
+    # It ran on the board: an aarch64 Python that says it is emulated; its timings are labelled so.
+    assert doc["machine"]["machine"] == "aarch64" and "emulated" in doc["machine"]["cpu"]
+    assert doc["emulated"] and "qemu" in doc["emulated"] and "emulated" in printed
+    by_file = {r["file"]: r for r in doc["artifacts"]}
+    assert sorted(by_file) == sorted(artifacts)
+    for file, r in by_file.items():
+        assert r["passed"], (file, r["failures"])
+        assert r["latency"]["kind"] == "emulation" and r["latency"]["runs"] == doc["samples"] >= 4
+        print(f"arm64 board vs host, {file}: max abs {r['vs_host']['max_abs_err']:.3g}, "
+              f"SQNR {r['vs_host']['sqnr_db']:.1f} dB, top-1 {r['vs_host']['top1_agreement']:.2f}")
+    assert by_file["fp32-model.tflite"]["backend"] == "ai_edge_litert"
+    assert by_file["fp32-model.tflite"]["vs_host"]["max_abs_err"] <= 1e-5
+    int8 = by_file["int8-model.tflite"]
+    assert int8["vs_host"]["max_abs_err"] <= int8["tolerance"]["atol"]
+    assert int8["vs_host"]["top1_agreement"] == 1.0 and int8["vs_reference"]["sqnr_db"] >= int8["tolerance"]["min_sqnr_db"]
+    if onnx_problem:
+        pytest.skip(onnx_problem)
+    assert by_file["model.onnx"]["backend"] == "onnxruntime"
+    assert by_file["model.onnx"]["vs_host"]["max_abs_err"] <= 1e-5
