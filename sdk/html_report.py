@@ -29,6 +29,7 @@ from device_runtime import atomic
 from device_runtime import manifest
 from device_runtime.manifest import MANIFEST_NAME as REPORT_NAME
 from device_runtime.errors import UsageError
+from sdk import report_numerics  # device-vs-host numerics; emulated timings kept apart
 
 BENCH_SCHEMA = "pocketformer.bench/1"
 
@@ -77,6 +78,7 @@ def collect(root: Path) -> dict[str, Any]:
             continue
         if doc.get("schema") == BENCH_SCHEMA and isinstance(doc.get("results"), list):
             bench_files.append(str(path))
+            doc = report_numerics.label_emulation(doc)
             for r in doc["results"]:
                 if r.get("reference"):
                     key = (f"reference:{r.get('name')}:{path}", doc.get("device", "local"))
@@ -408,7 +410,9 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
           f"Generated {created} from {len(data['artifacts'])} artifact(s) and {len(data['bench_files'])} benchmark "
           f"file(s). CPU here: {roofline.get('cpu')}, {roofline.get('cores')} core(s), peak fp32 "
           f"{_fmt(roofline.get('peak_fp32_gflops'), '.0f')} GFLOP/s.", ""]
-    for t in _tune_sections(data["tunes"], html_path):
+    from sdk.sweep_report import sweep_sections  # a sweep's own table and figures, when root holds sweep.json
+
+    for t in _tune_sections(data["tunes"], html_path) + sweep_sections(root):
         parts.append(t["html"])
         md.append(t["md"])
     parts += ["<h2>Latency</h2>", _html_table(*tabs["latency"])]
@@ -434,6 +438,9 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
             header = ["op type", "node", "provider", "calls", "mean µs", "share"]
             parts.append(_html_table(header, rows))
             md += [_md_table(header, rows), ""]
+    numerics = report_numerics.section(root, data, _html_table, _md_table)
+    parts.append(numerics["html"])
+    md.append(numerics["md"])
     parts += ["<h2>Artifacts</h2>", _html_table(*tabs["artifacts"])]
     md += ["## Artifacts", "", _md_table(*tabs["artifacts"]), ""]
     parts.append("</body></html>")

@@ -78,6 +78,10 @@ def test_verify_on_the_arm64_board_over_ssh(board, board_bundle, sshd, tmp_path,
     int8 = by_file["int8-model.tflite"]
     assert int8["vs_host"]["max_abs_err"] <= int8["tolerance"]["atol"]
     assert int8["vs_host"]["top1_agreement"] == 1.0 and int8["vs_reference"]["sqnr_db"] >= int8["tolerance"]["min_sqnr_db"]
+    from sdk import report_numerics
+
+    header, rows = report_numerics.rows(report, [])
+    assert rows and all(r[header.index("device")].endswith("(emulation)") for r in rows)
     if onnx_problem:
         pytest.skip(onnx_problem)
     assert by_file["model.onnx"]["backend"] == "onnxruntime"

@@ -145,6 +145,17 @@ def test_verify_local_passes_and_fails_on_wrong_expected_outputs(bundle, tmp_pat
     assert doc["passed"] and doc["device"] == "local" and doc["emulated"] is None
     assert result["vs_host"]["max_abs_err"] == 0.0 and result["vs_host"]["top1_agreement"] == 1.0
     assert 0 < result["vs_reference"]["max_abs_err"] < 1e-4 and result["latency"]["kind"] == "device"
+    # The report shows it beside the device latency; an emulated board's bench timings are relabelled.
+    from sdk import report_numerics
+
+    header, rows = report_numerics.rows(report, [{"device": "local", "model": "mobilevit_xxs-tiny", "format": "tflite",
+                                                  "precision": "fp32", "latency": {"p50": 1.25}}])
+    (row,) = rows
+    assert row[header.index("verdict")] == "pass" and row[header.index("bench p50 ms")] == "1.250"
+    assert row[header.index("max abs vs host")] == "0"
+    board = {"device": "ssh://b:22", "host": {"cpu": "Cortex-A72 (emulated: qemu-aarch64-static)"}}
+    assert report_numerics.label_emulation(board)["device"] == "ssh://b:22 (emulation)"
+    assert report_numerics.label_emulation({"device": "ssh://pi:22", "host": {"cpu": "Cortex-A72"}})["device"] == "ssh://pi:22"
     # Expected outputs that are not the artifact's (consistently checksummed): the tolerance decides, exit 1.
     wrong = _copy(bundle, tmp_path)
     for path in (wrong / "expected/model.tflite").rglob("*.npy"):
