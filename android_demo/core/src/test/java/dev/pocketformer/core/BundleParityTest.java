@@ -61,6 +61,20 @@ public class BundleParityTest {
                         }
                     }
                 }
+                if (b.preprocessing() != null && "image".equals(b.preprocessing().get("kind"))) {
+                    // the bundle's raw photos, preprocessed here, are the tensors it feeds (within 1/255)
+                    List<String> photos = b.rawImages();
+                    for (int i = 0; i < b.samples().size(); i++) {
+                        Path photo = Files.createTempFile(cache, "photo", ".png");
+                        Files.write(photo, b.bytes(photos.get(i)));
+                        Tensor mine = ImagePreprocessor.preprocess(Fixtures.readImage(photo), b.preprocessing());
+                        Tensor bundled = b.inputs(b.samples().get(i)).values().iterator().next();
+                        org.junit.Assert.assertArrayEquals(bundled.shape, mine.shape);
+                        for (int k = 0; k < mine.floats.length; k++) {
+                            assertTrue("sample " + i + " element " + k, Math.abs(mine.floats[k] - bundled.floats[k]) <= 1.0 / 255 / 0.225 + 1e-6);
+                        }
+                    }
+                }
                 AppRun run = new AppRun();
                 run.runs = 7;
                 run.warmup = 2;
