@@ -193,10 +193,11 @@ def cmd_bench_app(args) -> int:
     if not args.device:
         raise UsageError("--app runs the bundle in the Android app on a phone: give --device adb:SERIAL")
     for flag, value in (("--runner", args.runner), ("--image", args.image), ("--text", args.text),
-                        ("--input", args.input), ("--profile-runs", args.profile_runs), ("--backend", args.backend)):
+                        ("--input", args.input), ("--profile-runs", args.profile_runs), ("--backend", args.backend),
+                        ("--verify", getattr(args, "verify", False))):
         if value:
             raise UsageError(f"{flag} does not apply with --app: the app runs the bundle's own inputs with its "
-                             f"ExecuTorch or LiteRT runtime")
+                             f"ExecuTorch or LiteRT runtime, and self-checks them itself")
     progress = Progress(enabled=not args.quiet)
     document = app_benchmark(args.device, args.artifacts, runs=args.runs, warmup=args.warmup, threads=args.threads,
                              note=progress.note)
