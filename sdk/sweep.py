@@ -239,8 +239,12 @@ class _Run:
                 bench.key = bench_key(bench, unit.figures["sha256"], tools=self.tools, **self.bench_args)
                 self.bench_units.append(bench)
                 record = cached_bench(self.cache, self.out, bench.key)
+                formats = state.device.formats
                 if record:
                     bench.status, bench.figures = "cached", record
+                elif formats is not None and unit.format not in formats:
+                    bench.status, bench.reason = "refused", (f"device {state.device.name} runs only "
+                                                             f"{', '.join(formats)}")
                 elif state.state == "down":
                     bench.status, bench.reason = "failed", f"device {state.device.name} {state.reason}"
                 else:

@@ -47,6 +47,7 @@ class Device:
     ssh_key: str | None = None
     ssh_options: tuple[str, ...] = ()
     runner: str | None = None
+    formats: tuple[str, ...] | None = None  # the formats its runtimes run (None: try every artifact)
 
     @property
     def resource(self) -> str:

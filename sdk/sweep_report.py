@@ -148,7 +148,8 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     lines = [f"wall {fig['wall_s']:.1f} s on {document['workers']} worker(s) "
              f"(+{fig.get('connect_s') or 0:.1f} s to start/connect Ray); exports {fig['exports']}, "
              f"benchmarks {fig['benchmarks']}; "
-             + (f"{rate:.2f} exports per minute per worker" if rate is not None else "no exports ran")]
+             + (f"{rate:.2f} exports per minute per worker" if rate is not None else
+                "no export ran (all cached or refused)")]
     for name, state in document["devices"].items():
         if state["state"] != "up":
             lines.append(f"device {name} ({state['address']}): {state['state']}: {state['reason']}")
@@ -192,7 +193,8 @@ def sweep_sections(root: Path) -> list[dict[str, str]]:
     summary = (f"Wall time {fig.get('wall_s', 0):.1f} s on {document.get('workers')} export worker(s); "
                f"exports {fig.get('exports')}, benchmarks {fig.get('benchmarks')}"
                + (f"; {rate:.2f} exports per minute per worker, workers busy "
-                  f"{100 * (fig.get('worker_utilisation') or 0):.0f}% of the time." if rate else "."))
+                  f"{100 * (fig.get('worker_utilisation') or 0):.0f}% of the time." if rate else
+                  "; no export ran (all cached or refused)."))
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>")
     md_table = _md_table(header, rows)
