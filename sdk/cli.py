@@ -79,6 +79,10 @@ def cmd_export(args, option_dests: list[str]) -> int:
                      seq_len=args.seq_len, calibration=args.calibration, progress=progress, **options)
     for result in results:
         print(result.summary())
+    if args.bundle:  # a verification bundle of what was just exported (sdk/bundles.py)
+        from sdk.bundles import write_bundle
+
+        print(f"bundle: {write_bundle([r.path for r in results], args.bundle, zip_=args.bundle.endswith('.zip'))}")
     print(f"report: {results[-1].report_path}")
     return EXIT_OK
 
@@ -145,6 +149,10 @@ def cmd_bench(args) -> int:
 
         write_json_atomic(Path(args.json), document)
         print(f"  written {args.json}")
+    if args.verify:  # numerics on the same device, in the same trip (sdk/device_verify.py)
+        from sdk.device_verify import verify_after_bench
+
+        return verify_after_bench(artifacts, args)
     return EXIT_OK
 
 
@@ -200,6 +208,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")
     exp.add_argument("--quiet", action="store_true", help="no progress lines")
+    exp.add_argument("--bundle", metavar="PATH", help="also write a verification bundle of the exported artifacts "
+                                                      "(a .zip when PATH ends in .zip; see `pocketformer bundle`)")
     option_dests = _add_converter_options(exp)
     exp.set_defaults(func=lambda a: cmd_export(a, option_dests))
 
@@ -227,6 +237,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     bench.add_argument("--app", action="store_true",
                        help="with --device adb:SERIAL: run bundles (or exports, bundled first) in the installed "
                             "Pocketformer Android app, pull its JSON and self-check (android_demo/)")
+    bench.add_argument("--verify", action="store_true", help="also run the artifacts' real samples on the device and "
+                       "judge its outputs against the host's (exit 1 when the tolerance is missed; JSON beside --json)")
     bench.set_defaults(func=cmd_bench)
 
     tun = sub.add_parser("tune", help="export to every format x precision that runs here, keep the accurate ones, "

@@ -224,3 +224,18 @@ def format_result(document: dict[str, Any]) -> str:
     if document.get("written"):
         lines.append(f"  written {document['written']}")
     return "\n".join(lines)
+
+
+def verify_after_bench(artifacts: Sequence[str | Path], args) -> int:
+    """`bench --verify`: bundle the benchmarked artifacts (a temporary zip) and verify it on the same device with
+    the same connection flags; the JSON goes beside the bench --json file. Exit 1 when a tolerance is missed."""
+    from sdk.bundles import write_bundle
+
+    with tempfile.TemporaryDirectory(prefix="pf-bench-verify-") as tmp:
+        bundle = write_bundle(artifacts, Path(tmp) / "bench.bundle.zip", zip_=True, trust=True)  # bench checked them
+        document = verify_on_device(bundle, device=args.device or "local", backend=args.backend,
+                                    threads=args.threads, remote_python=args.remote_python, ssh_key=args.ssh_key,
+                                    ssh_options=args.ssh_option,
+                                    report_dir=Path(args.json).parent if args.json else None)
+    print(format_result(document))
+    return 0 if document["passed"] else EXIT_PARITY

@@ -167,3 +167,13 @@ def test_verify_local_passes_and_fails_on_wrong_expected_outputs(bundle, tmp_pat
     assert "FAIL: max abs error vs the host's outputs" in out
     doc = verify_on_device(wrong)
     assert not doc["passed"] and doc["artifacts"][0]["vs_host"]["max_abs_err"] > doc["artifacts"][0]["tolerance"]["atol"]
+
+
+def test_bench_verify_in_the_same_trip(export, tmp_path, capsys):
+    out = tmp_path / "run" / "bench.json"
+    assert main(["bench", str(export.path), "--runs", "2", "--warmup", "0", "--quiet", "--json", str(out),
+                 "--verify"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "p50 ms" in printed and "PASS" in printed
+    (doc,) = [json.loads(p.read_text()) for p in out.parent.glob("device_verify-*.json")]
+    assert doc["artifacts"][0]["vs_host"]["cosine"] == pytest.approx(1.0)

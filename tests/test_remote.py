@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,32 @@ def test_bench_main_runs_from_the_shipped_zip(export_tiny, tmp_path):
                           "--framed"], capture_output=True, text=True, cwd=tmp_path, env=env)
     error = json.loads(bad.stdout.split(BEGIN, 1)[1].split(END, 1)[0])["error"]
     assert bad.returncode == 2 and error["kind"] == "bad_input" and "no such artifact" in error["message"]
+
+
+# -- transport hardening --------------------------------------------------------------------------------
+def test_device_strings_cannot_smuggle_ssh_options():
+    from device_runtime.errors import UsageError
+    from device_runtime.remote.transport import SSHTransport
+
+    for bad in ("ssh://-oProxyCommand=id@x", "ssh://-oProxyCommand=id", "ssh://u@-x", "adb:-s"):
+        with pytest.raises(UsageError, match="refused|not an adb serial"):
+            parse_device(bad)
+    argv = SSHTransport(SSHTarget("pi.local", "pi", 22))._ssh("true")
+    assert argv[argv.index("--") + 1] == "pi@pi.local"  # the destination comes after `--`, never as an option
+
+
+def test_a_timed_out_remote_run_is_stopped_on_the_device(sshd):
+    from device_runtime.remote.transport import make_transport
+
+    transport = make_transport(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", sshd["key"],
+                               [f"UserKnownHostsFile={sshd['known_hosts']}", "StrictHostKeyChecking=yes"])
+    marker = f"{os.getpid()}{time.time_ns() % 100000}"
+    start = time.monotonic()
+    with pytest.raises(DeviceUnreachableError, match="stopped on the device"):
+        transport.run(f"sleep 9{marker}", timeout=3)
+    assert time.monotonic() - start < 12
+    deadline = time.time() + 10  # the device (here: this machine behind sshd) no longer runs it
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", f"sleep 9{marker}"],
+                                                    capture_output=True).returncode == 0:
+        time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", f"sleep 9{marker}"], capture_output=True).returncode != 0

@@ -94,11 +94,18 @@ def parse_device(device: str) -> SSHTarget | AdbTarget:
         if not m:
             raise UsageError(f"cannot read --device {device!r}: expected ssh://[user@]host[:port]")
         port = int(m.group("port") or 22)
+        for part, value in (("user", m.group("user")), ("host", m.group("host"))):
+            if value and value.startswith("-"):  # ssh/scp would read it as an option (-oProxyCommand=...)
+                raise UsageError(f"--device {device!r}: a {part} starting with '-' is refused (it would reach ssh "
+                                 f"as an option)")
         if not 0 < port < 65536:
             raise UsageError(f"--device {device!r}: port {port} is out of range")
         return SSHTarget(m.group("host").strip("[]"), m.group("user"), port)
     if device.startswith("adb:") or device == "adb":
-        return AdbTarget(device[4:] if device.startswith("adb:") else "")
+        serial = device[4:] if device.startswith("adb:") else ""
+        if serial.startswith("-") or any(c.isspace() for c in serial):
+            raise UsageError(f"--device {device!r}: not an adb serial (see `adb devices`)")
+        return AdbTarget(serial)
     raise UsageError(f"unknown --device {device!r}: use ssh://[user@]host[:port] or adb:SERIAL")
 
 
@@ -115,6 +122,16 @@ class Transport:
 
     def pull(self, remote: str, local: Path) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def bounded(command: str, timeout: float | None) -> str:
+        """`command` under the device's own `timeout` (coreutils, busybox, Android's toybox), when it has one: a
+        run the host gives up on is killed on the device too, not left running while its folder is removed."""
+        if not timeout:
+            return command
+        limit = max(1, int(timeout))
+        return (f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} sh -c {shlex.quote(command)}; "
+                f"else exec sh -c {shlex.quote(command)}; fi")
 
     def check(self) -> None:
         """Fail with a clear error unless a trivial command runs on the device."""
@@ -136,6 +153,13 @@ class Transport:
 
     def _raise(self, result: subprocess.CompletedProcess, action: str) -> None:
         raise RemoteError(f"could not {action} {self.label} (exit {result.returncode}): {_text(result)}")
+
+
+def _stopped(transport: Transport, result: subprocess.CompletedProcess, timeout: float | None) -> None:
+    """The device's `timeout` stopped the command (exit 124, or 137 after the -k grace): say so."""
+    if timeout and result.returncode in (124, 137):
+        raise DeviceUnreachableError(f"{transport.label}: no answer within {timeout:.0f} s; the command was "
+                                     f"stopped on the device")
 
 
 def _text(result: subprocess.CompletedProcess) -> str:
@@ -163,22 +187,24 @@ class SSHTransport(Transport):
         self._dest = f"{target.user}@{target.host}" if target.user else target.host
 
     def _ssh(self, command: str) -> list[str]:
-        return ["ssh", "-p", str(self.target.port), *self._common, self._dest, command]
+        return ["ssh", "-p", str(self.target.port), *self._common, "--", self._dest, command]
 
     def run(self, command: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         try:
-            result = subprocess.run(self._ssh(command), capture_output=True, text=True, timeout=timeout,
+            result = subprocess.run(self._ssh(self.bounded(command, timeout)), capture_output=True, text=True,
+                                    timeout=timeout + 10 if timeout else None,  # the device's timeout fires first
                                     stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise DeviceUnreachableError(f"{self.label}: no answer within {timeout:.0f} s") from None
         if result.returncode == 255:
             self._classify(result)
+        _stopped(self, result, timeout)
         return result
 
     def push(self, sources: Sequence[Path], remote_dir: str) -> None:
         host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
         dest = f"{self.target.user + '@' if self.target.user else ''}{host}:{remote_dir.rstrip('/')}/"
-        args = ["scp", "-q", "-r", "-P", str(self.target.port), *self._common, *[str(s) for s in sources], dest]
+        args = ["scp", "-q", "-r", "-P", str(self.target.port), *self._common, "--", *[str(s) for s in sources], dest]
         result = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             self._classify(result)
@@ -187,7 +213,7 @@ class SSHTransport(Transport):
     def pull(self, remote: str, local: Path) -> None:
         host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
         src = f"{self.target.user + '@' if self.target.user else ''}{host}:{remote}"
-        result = subprocess.run(["scp", "-q", "-P", str(self.target.port), *self._common, src, str(local)],
+        result = subprocess.run(["scp", "-q", "-P", str(self.target.port), *self._common, "--", src, str(local)],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             self._classify(result)
@@ -224,11 +250,12 @@ class AdbTransport(Transport):
 
     def run(self, command: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         try:
-            result = subprocess.run(self._adb + ["shell", command], capture_output=True, text=True,
-                                    timeout=timeout, stdin=subprocess.DEVNULL)
+            result = subprocess.run(self._adb + ["shell", self.bounded(command, timeout)], capture_output=True,
+                                    text=True, timeout=timeout + 10 if timeout else None, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise DeviceUnreachableError(f"{self.label}: no answer within {timeout:.0f} s") from None
         self._classify(result)
+        _stopped(self, result, timeout)
         return result
 
     def push(self, sources: Sequence[Path], remote_dir: str) -> None:
