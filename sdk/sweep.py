@@ -6,7 +6,8 @@ benchmarked on every device, into one report folder that `pocketformer report` r
                 devices=["local", "board0=ssh://pi@board0.local"], repeats=2, out_dir="out")
 
 1. Plan (`sdk.sweep_jobs`): every combination through `sdk.pipeline.plan`; refusals are recorded with the
-   converter's reason. One Ray task per export folder (`out/<model>/<precision>/`), so one writer per manifest.
+   converter's reason. One Ray task per artifact, exporting into its worker's scratch folder; this driver alone
+   writes the merged folder (`out/<model>/<precision>/` and its report.json), so every manifest stays whole.
 2. Cache: a unit whose content key has a finished result, with its artifact still in place, is not redone.
 3. Run (`sdk.sweep_ray`): at most `workers` export tasks in flight; each device's actor runs one benchmark at a
    time, fed as soon as an artifact exists (exports and benchmarks overlap). Every in-flight call has a
@@ -30,7 +31,7 @@ from device_runtime.errors import UsageError
 from sdk import sweep_ray
 from sdk.progress import Progress
 from sdk.report import tool_versions
-from sdk.sweep_jobs import (BenchUnit, Cache, Device, ExportUnit, FolderJob, bench_key, cached_bench, cached_export,
+from sdk.sweep_jobs import (BenchUnit, Cache, Device, ExportUnit, ExportJob, bench_key, cached_bench, cached_export,
                             pack, plan_exports, unpack)
 from sdk.sweep_report import SweepLine, figures, format_sweep, write_documents
 
@@ -104,7 +105,7 @@ class _Device:
 
 
 class _Run:
-    def __init__(self, out: Path, jobs: list[FolderJob], refused: list[ExportUnit], devices: list[Device],
+    def __init__(self, out: Path, jobs: list[ExportJob], refused: list[ExportUnit], devices: list[Device],
                  repeats: int, cache: Cache, tools: dict[str, str], bench_args: dict[str, Any], retries: int,
                  progress: Progress) -> None:
         self.out, self.cache, self.tools, self.bench_args, self.retries = out, cache, tools, bench_args, retries
@@ -112,8 +113,8 @@ class _Run:
         self.export_units = [u for j in jobs for u in j.units] + refused
         self.bench_units: list[BenchUnit] = []
         self.devices = {d.name: _Device(d) for d in devices}
-        self.pending: collections.deque[FolderJob] = collections.deque()
-        self.exporting: dict[Any, tuple[FolderJob, float]] = {}
+        self.pending: collections.deque[ExportJob] = collections.deque()
+        self.exporting: dict[Any, tuple[ExportJob, float]] = {}
         self.payloads: dict[str, Any] = {}  # export key -> ObjectRef of its packed files
         self.line = SweepLine(progress)
         self.workers = 1
@@ -178,7 +179,7 @@ class _Run:
                 self._bench_failed(state, unit, "Timeout", f"no result within {limit:.0f} s", True, t0)
 
     # -- exports -----------------------------------------------------------------------------------------
-    def _submit_export(self, job: FolderJob) -> None:
+    def _submit_export(self, job: ExportJob) -> None:
         units = [u for u in job.units if u.status not in ("ok", "cached", "failed")]
         for unit in units:
             unit.status = "running"
@@ -188,7 +189,7 @@ class _Run:
                                       cpus, memory)
         self.exporting[ref] = (job, time.monotonic())
 
-    def _export_done(self, job: FolderJob, ref, t0: float) -> None:
+    def _export_done(self, job: ExportJob, ref, t0: float) -> None:
         try:
             result = sweep_ray.get(ref)
         except Exception as exc:  # the task did not return: triage decides whether to retry
@@ -219,7 +220,7 @@ class _Run:
         for attempt in result["failed"]:
             manifest.record_failure(folder, result["model"], attempt)
 
-    def _export_failed(self, job: FolderJob, error: str, reason: str, retry: bool, t0: float) -> None:
+    def _export_failed(self, job: ExportJob, error: str, reason: str, retry: bool, t0: float) -> None:
         units = [u for u in job.units if u.status == "running"]
         for unit in units:
             unit.attempts.append({"attempt": len(unit.attempts) + 1, "error": error, "reason": reason,

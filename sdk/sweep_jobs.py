@@ -4,11 +4,12 @@ A sweep crosses models x formats x precisions (the exports) with devices x repea
 
 - `ExportUnit`: one artifact, `out/<model>/<folder key>/<file>`; planned with `sdk.pipeline.plan`, so a
   combination the converter refuses is refused here, before any work, with the converter's reason.
-- `FolderJob`: the exports that share one folder (and so one report.json). One folder is one Ray task: two
-  tasks never write the same manifest. (`manifest.record_artifact` is a read-modify-write; two processes doing it
-  at once keep whichever wrote last and lose the other's entry. Atomic replacement keeps the file whole, not both
-  updates.) The task exports into a scratch folder on its worker and returns the bytes; the driver is the only
-  writer of the merged folder, which therefore needs no shared file system between hosts.
+- `ExportJob`: what one Ray task exports: one artifact. Tasks export into a scratch folder on their worker and
+  return the bytes; the driver is the only writer of the merged folder and its manifests, so no two tasks ever
+  write the same report.json. (`manifest.record_artifact` is a read-modify-write: two processes adding entries
+  to one report.json at once kept 116 of 200 entries in a trial here; atomic replacement keeps the file whole,
+  not both updates.) It also means hosts need no shared file system. One artifact per task, not one folder per
+  task: the longest task is then one export, not a model's every format in turn.
 - A benchmark: one artifact on one device, one repeat.
 
 Content keys are sha256 digests of everything that decides a result: the model spec (its full dataclass,
@@ -138,8 +139,8 @@ class BenchUnit:
 
 
 @dataclass
-class FolderJob:
-    """The exports of one folder: one Ray task, the only writer of that folder's report.json."""
+class ExportJob:
+    """The exports of one Ray task (one artifact, see the module docstring), all in one folder."""
 
     model: str
     requested: str
@@ -168,8 +169,8 @@ def weights_identity(weights: str | Path | None) -> dict[str, Any]:
 
 def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequence[str | None], *,
                  tiny: bool, seq_len: int | None, weights: str | Path | None, options: dict[str, Any],
-                 tools: dict[str, str]) -> tuple[list[FolderJob], list[ExportUnit]]:
-    """The folder jobs to run and the units refused before any work (each with the converter's reason)."""
+                 tools: dict[str, str]) -> tuple[list[ExportJob], list[ExportUnit]]:
+    """The export jobs to run and the units refused before any work (each with the converter's reason)."""
     from converters import get_converter
     from converters.base import UnsupportedError
     from sdk.pipeline import _spec, plan
@@ -183,7 +184,7 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
         valid = "; ".join(f"{c.format}: {', '.join(c.option_names()) or 'none'}" for c in converters)
         raise UnknownOptionError(f"unknown export option(s) {', '.join(unknown)} (valid: {valid})")
     weights_id = weights_identity(weights)
-    jobs: dict[str, FolderJob] = {}
+    jobs: dict[tuple[str, str], ExportJob] = {}
     refused: list[ExportUnit] = []
     for name in models:
         spec = _spec(name, tiny, seq_len)
@@ -202,13 +203,11 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
                                       "spec": repr(spec), "weights": weights_id, "format": conv.format,
                                       "precision": str(p.precision), "requested": p.precision.requested,
                                       "options": p.kwargs, "tools": tools}))
-                job = jobs.setdefault(folder, FolderJob(spec.name, p.precision.requested, folder, [], {
+                if (folder, unit.file) in jobs:
+                    continue  # the same artifact asked for twice (a repeated format or precision)
+                jobs[(folder, unit.file)] = ExportJob(spec.name, p.precision.requested, folder, [unit], {
                     "model": name, "tiny": tiny, "seq_len": seq_len,
-                    "weights": str(weights) if weights else None, "precision": requested}))
-                if any(u.file == unit.file for u in job.units):
-                    continue  # the same artifact asked for twice (a repeated format)
-                job.units.append(unit)
-    assert len({j.folder for j in jobs.values()}) == len(jobs)  # one task per folder: one writer per manifest
+                    "weights": str(weights) if weights else None, "precision": requested})
     return list(jobs.values()), refused
 
 

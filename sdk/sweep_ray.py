@@ -78,7 +78,7 @@ EXPORT_TASK = "pocketformer-export"
 
 
 def export_folder(request: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
-    """On a worker: export one folder's artifacts into a scratch folder, verify them (sdk.pipeline), and return
+    """On a worker: export artifacts of one folder into a scratch folder, verify them (sdk.pipeline), and return
     their bytes, manifest entries and failures. The driver writes them into the merged folder."""
     from device_runtime import manifest
     from sdk.pipeline import export

@@ -105,7 +105,7 @@ def test_sweep_exports_every_combination_and_benchmarks_it_on_each_device(swept)
     assert len(exports) == len(MODELS) * len(FORMATS) * len(PRECISIONS)
     assert all(e["status"] == "ok" and e["figures"]["verified"] is True for e in exports), \
         [(e["model"], e["format"], e["precision"], e["reason"]) for e in exports if e["status"] != "ok"]
-    # One task per folder, so each report.json holds both formats, and every entry matches its bytes.
+    # Tasks export apart; the driver alone merges: each report.json holds both formats, each matching its bytes.
     for e in exports:
         found = manifest.read_manifest(out / e["folder"])
         assert sorted(found.artifacts) == sorted(f"model.{f}" for f in FORMATS)
@@ -247,17 +247,18 @@ def test_without_ray_sweep_says_how_to_install_it(tmp_path):
 
 
 # -- planning, keys, cache: no Ray needed ----------------------------------------------------------------------
-def test_one_task_per_folder_and_keys_that_follow_the_inputs():
+def test_one_task_per_artifact_and_keys_that_follow_the_inputs():
     from sdk.report import tool_versions
     from sdk.sweep_jobs import plan_exports
 
     tools = tool_versions()
     jobs, refused = plan_exports(["tinybert_4l_312d"], ["onnx", "tflite", "coreml"], ["fp32", "int8-dynamic"],
                                  tiny=True, seq_len=None, weights=None, options={}, tools=tools)
-    assert sorted(j.folder for j in jobs) == ["tinybert_4l_312d-tiny/fp32", "tinybert_4l_312d-tiny/int8-dynamic"]
-    for job in jobs:  # the units of one task are the formats of one folder, each its own file
-        assert {u.folder for u in job.units} == {job.folder} and len({u.file for u in job.units}) == len(job.units)
-    assert {"onnx", "tflite"} <= {u.format for u in jobs[0].units}
+    assert all(len(j.units) == 1 for j in jobs)  # the driver, not a task, writes the merged folders
+    artifacts = sorted((j.folder, j.units[0].file) for j in jobs)
+    assert len(set(artifacts)) == len(artifacts)
+    assert {"tinybert_4l_312d-tiny/fp32", "tinybert_4l_312d-tiny/int8-dynamic"} == {j.folder for j in jobs}
+    assert {("tinybert_4l_312d-tiny/int8-dynamic", f"model.{f}") for f in ("onnx", "tflite")} <= set(artifacts)
     assert any(u.format == "coreml" and "dynamic" in u.reason for u in refused)  # refused with the reason
     keys = {u.key for j in jobs for u in j.units}
     assert len(keys) == sum(len(j.units) for j in jobs)
