@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from device_runtime import atomic, manifest
-from device_runtime.errors import UsageError
+from device_runtime.errors import PocketformerError, UsageError
 from sdk import sweep_ray
 from sdk.progress import Progress
 from sdk.report import tool_versions
@@ -49,6 +49,7 @@ def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions:
           verbose: bool = False, remote_python: str | None = None, ssh_key: str | None = None,
           ssh_options: Sequence[str] = (), runner: str | None = None, **options: Any) -> dict[str, Any]:
     """Run the sweep; returns the document also written to `out_dir/sweep.json`. See the module docstring."""
+    started = time.perf_counter()  # wall time: planning, cache checks and the run; Ray's start-up apart
     for name, value, low in (("repeats", repeats, 0), ("runs", runs, 1), ("retries", retries, 0),
                              ("warmup", warmup, 0), ("export_cpus", export_cpus, 1e-9)):
         if value is None or value < low:
@@ -67,7 +68,6 @@ def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions:
                                  weights=weights, options=options, tools=tools)
     run = _Run(out, jobs, refused, targets, repeats, Cache(out, enabled=not fresh), tools,
                dict(runs=runs, warmup=warmup, threads=threads), retries, progress or Progress(enabled=False))
-    started = time.perf_counter()
     with sweep_ray.cluster(address, num_cpus, targets, verbose) as info:
         slots = max(1, int(info["cpus"] // export_cpus)) if info["cpus"] else 1
         run.workers = min(workers, slots) if workers else slots
@@ -96,7 +96,7 @@ class _Device:
     def __init__(self, device: Device) -> None:
         self.device = device
         self.actor = None
-        self.state = "starting"  # starting | checking | up | down
+        self.state = "idle"  # idle (no work yet: no actor) | starting | checking | up | down
         self.reason: str | None = None
         self.queue: collections.deque[BenchUnit] = collections.deque()
         # (ref, kind, unit, t0): kind "ready" (the actor started), "check" (the device answers) or "bench"
@@ -151,8 +151,13 @@ class _Run:
                 if state.inflight and state.inflight[0] in ready:
                     self._device_done(state)
             self._deadlines()
-            self.line.update(self.export_units, self.bench_units)
-        self.line.finish(self.export_units, self.bench_units)
+            self.line.update(self.export_units, self.bench_units, self._bench_total())
+        self.line.finish(self.export_units, self.bench_units, self._bench_total())
+
+    def _bench_total(self) -> int:
+        """Benchmarks so far plus those the exports still running or pending will bring."""
+        coming = sum(u.status in ("pending", "running") for u in self.export_units)
+        return len(self.bench_units) + coming * len(self.devices) * self.repeats
 
     def _deadlines(self) -> None:
         now = time.monotonic()
@@ -206,11 +211,16 @@ class _Run:
                 unit.status, unit.reason = "failed", f"{outcome['error']}: {outcome['reason']}"
                 continue
             entry = manifest.ArtifactEntry.from_dict(outcome["entry"])
-            unpack(result["files"], folder, unit.file)
-            if not entry.matches(folder / unit.file):  # moved between hosts: check they arrived unchanged
-                raise manifest.ArtifactModifiedError(
-                    f"{folder / unit.file}: the bytes written differ from those the worker exported")
-            manifest.record_artifact(folder, result["model"], entry)
+            try:
+                unpack(result["files"], folder, unit.file)
+                if not entry.matches(folder / unit.file):  # moved between hosts: check they arrived unchanged
+                    raise manifest.ArtifactModifiedError(
+                        f"{folder / unit.file}: the bytes written differ from those the worker exported")
+                manifest.record_artifact(folder, result["model"], entry)
+            except (PocketformerError, OSError) as exc:  # e.g. a full disk here: recorded, the sweep goes on
+                unit.attempts.append({**attempt, "error": type(exc).__name__, "reason": str(exc)})
+                unit.status, unit.reason = "failed", f"{type(exc).__name__} writing the merged folder: {exc}"
+                continue
             unit.attempts.append(attempt)
             unit.status = "ok"
             unit.figures = {"export_s": outcome["export_s"], "size_bytes": entry.size_bytes, "sha256": entry.sha256,
@@ -255,7 +265,7 @@ class _Run:
     def _start(self, state: _Device) -> None:
         """Start a device's actor when it first has work (a fully cached rerun starts none), then check it."""
         if state.actor is None:
-            state.actor = sweep_ray.start_device(state.device, self.retries)
+            state.actor, state.state = sweep_ray.start_device(state.device, self.retries), "starting"
             state.inflight = (state.actor.__ray_ready__.remote(), "ready", None, time.monotonic())
 
     def _submit_bench(self, state: _Device, unit: BenchUnit) -> None:

@@ -231,15 +231,26 @@ def pack(folder: Path, names: Iterable[str]) -> dict[str, bytes]:
 
 
 def unpack(files: dict[str, bytes], dest: Path, name: str | None = None) -> None:
-    """Write packed files under `dest` (only those of entry `name` when given), each file atomically."""
-    for rel, data in files.items():
-        if name is not None and rel != name and not rel.startswith(name + "/"):
-            continue
-        target = dest / rel
+    """Write packed files under `dest`: all of them, or only entry `name`, replacing it whole (a folder
+    artifact too: no file of an older version is left inside it)."""
+    for rel in files:
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise UsageError(f"refusing to write {rel!r} outside {dest}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(target, data)
+    if name is None:
+        for rel, data in files.items():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(data)
+        return
+    if name in files:
+        atomic.write_bytes(dest / name, files[name])
+        return
+    inside = {rel[len(name) + 1:]: data for rel, data in files.items() if rel.startswith(name + "/")}
+    if not inside:
+        raise UsageError(f"{name} is not among the packed files")
+    with atomic.atomic_path(dest / name) as tmp:
+        for rel, data in inside.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
 
 
 # -- the cache --------------------------------------------------------------------------------------------

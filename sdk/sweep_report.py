@@ -32,19 +32,19 @@ class SweepLine:
         self.drawn = 0.0
 
     @staticmethod
-    def counts(units: Sequence[Any]) -> str:
+    def counts(units: Sequence[Any], total: int | None = None) -> str:
         c = Counter(u.status for u in units)
         done = c["ok"] + c["cached"] + c["failed"] + c["refused"]
-        return (f"{done}/{len(units)} done, {c['running']} running, {c['failed'] + c['refused']} failed, "
-                f"{c['cached']} cached")
+        return (f"{done}/{len(units) if total is None else total} done, {c['running']} running, "
+                f"{c['failed'] + c['refused']} failed, {c['cached']} cached")
 
-    def text(self, exports, benches) -> str:
-        return f"sweep: exports {self.counts(exports)} | benchmarks {self.counts(benches)}"
+    def text(self, exports, benches, bench_total: int | None = None) -> str:
+        return f"sweep: exports {self.counts(exports)} | benchmarks {self.counts(benches, bench_total)}"
 
-    def update(self, exports, benches) -> None:
+    def update(self, exports, benches, bench_total: int | None = None) -> None:
         if not self.progress.enabled:
             return
-        line = self.text(exports, benches)
+        line = self.text(exports, benches, bench_total)
         now = time.monotonic()
         if self.progress.live:
             if line != self.last or now - self.drawn >= 1:
@@ -55,8 +55,8 @@ class SweepLine:
             self.progress.note(f"{line} ({now - self.start:.0f} s)")
         self.last = line
 
-    def finish(self, exports, benches) -> None:
-        self.update(exports, benches)
+    def finish(self, exports, benches, bench_total: int | None = None) -> None:
+        self.update(exports, benches, bench_total)
         if self.progress.enabled and self.progress.live:
             self.progress.stream.write("\n")
 
@@ -151,7 +151,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
              + (f"{rate:.2f} exports per minute per worker" if rate is not None else
                 "no export ran (all cached or refused)")]
     for name, state in document["devices"].items():
-        if state["state"] != "up":
+        if state["state"] == "down":
             lines.append(f"device {name} ({state['address']}): {state['state']}: {state['reason']}")
     return lines
 
