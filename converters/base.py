@@ -208,6 +208,10 @@ class Converter:
         fp32 module."""
         raise NotImplementedError
 
+    def multi_length_reason(self, precision) -> str | None:
+        """Why `convert_buckets` cannot make this precision (the pipeline then writes one artifact per length)."""
+        return None if self.multi_length else f"{self.format} has no multi-length export here"
+
 
 _CONVERTERS: dict[str, Converter] = {}
 

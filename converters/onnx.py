@@ -40,6 +40,7 @@ import json
 import numpy as np
 
 from device_runtime.backends.onnxruntime import METADATA_VALUE_RANGES  # one key, defined where the runtime reads it
+from device_runtime.buckets import ONNX_METADATA_KEY as BUCKETS_METADATA_KEY
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError, option,
                              register_converter)
 from converters import rewrites
@@ -361,8 +362,22 @@ class OnnxConverter(Converter):
     def artifact_name(self, ort_optimize: str | None = None, **_: Any) -> str:
         return f"model.ort-{ort_optimize}.onnx" if ort_optimize else "model.onnx"
 
+    multi_length = True
+
+    def convert_buckets(self, module, specs, precision, calibration, path: Path, **options) -> Conversion:
+        """One model with a dynamic sequence axis (ONNX's own way to hold every length), its verified lengths
+        listed in metadata_props for `device_runtime.buckets`. Calibration (int8-static) uses every length's
+        samples, so the activation ranges cover them all."""
+        options["dynamic_shapes"] = True
+        largest = max(specs)
+        feeds = [feed for length in sorted(specs) for feed in calibration[length]]
+        conversion = self.convert(module, specs[largest], precision, feeds, path, _lengths=sorted(specs), **options)
+        conversion.details["buckets"] = {"lengths": sorted(specs), "entry_points": "one dynamic sequence axis"}
+        return conversion
+
     def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
-                dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto") -> Conversion:
+                dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
+                _lengths: list[int] | None = None) -> Conversion:
         import onnx
 
         precision = Precision.of(precision)
@@ -398,6 +413,8 @@ class OnnxConverter(Converter):
                 current = optimized
             model = onnx.load(str(current), load_external_data=False)
             record_value_ranges(model, spec)
+            if _lengths:
+                model.metadata_props.add(key=BUCKETS_METADATA_KEY, value=json.dumps(_lengths))
             onnx.save(model, str(current))
             details["graph"] = {"nodes": len(model.graph.node), "ops": dict(op_counts(model).most_common()),
                                 "opset": model_opset(model), "ir_version": int(model.ir_version)}

@@ -49,7 +49,7 @@ from pathlib import Path
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError,
                              int4_blocks_fit, option, register_converter, write_bytes_atomic)
 from converters.tflite_flatbuffer import (first_line, float_io, inspect_flatbuffer, prepare_check, quantize_static,
-                                          quantize_weights, quiet)
+                                          quantize_weights, quiet, share_across_signatures)
 
 # A masked attention score is pushed this many units below the lowest unmasked score seen in calibration:
 # its softmax weight is then below exp(-30) ~ 1e-13 of the largest, i.e. zero in fp32 arithmetic.
@@ -152,18 +152,29 @@ def _bounded_attention_mask(module, spec, calibration) -> float | None:
     return state["bound"]
 
 
-def _litert_convert(module, spec, calibration, quant_config=None) -> bytes:
-    """litert-torch conversion with named I/O; the progress display and converter logs are silenced."""
+def _litert_convert(module, spec, calibration, quant_config=None, lengths: dict | None = None) -> bytes:
+    """litert-torch conversion with named I/O; the progress display and converter logs are silenced.
+    `lengths` ({length: (spec, calibration)}) makes one signature per sequence length (`seq<N>`, the name
+    `device_runtime.buckets` routes to); litert-torch stores each weight once for all of them."""
     import torch
     import litert_torch
 
+    from device_runtime.buckets import entry_point
+
     named = _named_io(module, spec.input_names, spec.output_names)
-    sample = _torch_feeds(spec, calibration)[0]
     previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     try:
         with quiet(), torch.no_grad():
-            edge = litert_torch.convert(named, sample_kwargs=sample, quant_config=quant_config)
+            if not lengths:
+                edge = litert_torch.convert(named, sample_kwargs=_torch_feeds(spec, calibration)[0],
+                                            quant_config=quant_config)
+            else:
+                converter = litert_torch
+                for length, (length_spec, feeds) in sorted(lengths.items()):
+                    converter = converter.signature(entry_point(length), named,
+                                                    sample_kwargs=_torch_feeds(length_spec, feeds)[0])
+                edge = converter.convert(quant_config=quant_config)
             return bytes(edge.model_content())
     except Exception as exc:
         raise ConversionError(f"litert-torch could not convert {spec.name}: {first_line(exc)}") from exc
@@ -295,6 +306,40 @@ class TFLiteConverter(Converter):
         except Exception as exc:  # the artifact is written; the pipeline's load will report the real problem
             details["inspect_error"] = first_line(exc)
         return Conversion(path, reference, details, precision=effective if effective != precision else None)
+
+    multi_length = True
+    MULTI_LENGTH_PRECISIONS = ("fp32",) + tuple(WEIGHT_ROUTES)
+
+    def convert_buckets(self, module, specs, precision, calibration, path: Path, int8_io: bool = False,
+                        allow_fallback: bool = False, static_route: str = "auto", **_) -> Conversion:
+        """One signature per length. fp32 and the weight-only precisions: the static int8 routes calibrate one
+        graph at one shape, so `export --seq-lens` writes one artifact per length for int8-static."""
+        from converters import rewrites
+
+        if precision not in self.MULTI_LENGTH_PRECISIONS:
+            raise UnsupportedError(f"a multi-length .tflite is made at {', '.join(self.MULTI_LENGTH_PRECISIONS)}, "
+                                   f"not {precision}")
+        work = rewrites.eager_attention(copy.deepcopy(module))
+        spec = specs[max(specs)]
+        lengths = {length: (specs[length], calibration[length]) for length in specs}
+        content = _litert_convert(work, spec, calibration[max(specs)], lengths=lengths)
+        details: dict = {"route": "litert-torch fp32, one signature per length"}
+        if precision in WEIGHT_ROUTES:
+            content = quantize_weights(content, spec, precision,
+                                       int4_granularity(work) if precision == "int4-weight" else None)
+            details["route"] += f" -> ai-edge-quantizer {WEIGHT_ROUTES[precision]}"
+        content, shared = share_across_signatures(content)
+        details["buckets"] = {"lengths": sorted(specs), "entry_points": {str(n): f"seq{n}" for n in sorted(specs)},
+                              "shared": shared}
+        write_bytes_atomic(path, content)
+        details.update({k: v for k, v in inspect_flatbuffer(path).items() if k != "float_ops"})
+        return Conversion(path, module, details)
+
+    def multi_length_reason(self, precision) -> str | None:
+        if precision not in self.MULTI_LENGTH_PRECISIONS:
+            return ("ai-edge-quantizer's static int8 calibrates one signature at a time; one artifact per "
+                    "length instead")
+        return None
 
     @staticmethod
     def _aeq_weights(work, spec, calibration, precision) -> bytes:

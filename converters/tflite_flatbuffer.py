@@ -246,7 +246,8 @@ def inspect_flatbuffer(path: Path) -> dict:
                  **({"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
                     if d["quantization"][0] else {})} for name, d in named]
 
-    runner = interpreter.get_signature_runner() if interpreter.get_signature_list() else None
+    signatures = interpreter.get_signature_list()  # a multi-length file: the first length's signature stands for all
+    runner = interpreter.get_signature_runner(next(iter(signatures))) if signatures else None
     return {
         "ops": len(original),
         "op_histogram": dict(Counter(names[i] for i in original).most_common()),

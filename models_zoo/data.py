@@ -130,8 +130,10 @@ def _tokenizer(vocab: str, lowercase: bool):
     return BertWordPieceTokenizer(vocab, lowercase=lowercase)
 
 
-def tokenize(text: str, prep: dict[str, Any], pair: str | None = None) -> dict[str, np.ndarray]:
+def tokenize(text: str, prep: dict[str, Any], pair: str | None = None, pad: bool = True) -> dict[str, np.ndarray]:
     """WordPiece-tokenise one sentence, or a sentence pair, to the fixed sequence length, padded and truncated.
+    `pad=False` stops at the real tokens (truncated at the sequence length all the same): the feed of an
+    artifact with sequence-length buckets, which pads to the bucket itself.
 
     One sentence: [CLS] text [SEP]. A pair: [CLS] text [SEP] pair [SEP], token_type_ids 0 on the first segment
     (with [CLS] and its [SEP]) and 1 on the second; the longer segment is truncated first (as transformers'
@@ -157,7 +159,7 @@ def tokenize(text: str, prep: dict[str, Any], pair: str | None = None) -> dict[s
         ids = [cls] + first + [sep] + second + [sep]
         types = [0] * (len(first) + 2) + [1] * (len(second) + 1)
     ids, types = ids[:seq_len], types[:seq_len]
-    pad = seq_len - len(ids)
+    pad = seq_len - len(ids) if pad else 0
     feed = {
         "input_ids": np.asarray([ids + [0] * pad], dtype=np.int64),
         "attention_mask": np.asarray([[1] * len(ids) + [0] * pad], dtype=np.int64),

@@ -76,7 +76,8 @@ def cmd_export(args, option_dests: list[str]) -> int:
     options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
-                     seq_len=args.seq_len, calibration=args.calibration, progress=progress, **options)
+                     seq_len=args.seq_len, seq_lens=args.seq_lens, calibration=args.calibration, progress=progress,
+                     **options)
     for result in results:
         print(result.summary())
     if args.bundle:  # a verification bundle of what was just exported (sdk/bundles.py)
@@ -204,6 +205,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                        "default: seeded random weights, said in the report")
     exp.add_argument("--tiny", action="store_true", help="export the tiny variant (same architecture, small dims)")
     exp.add_argument("--seq-len", type=int, help="sequence length for the BERT family (default 128)")
+    exp.add_argument("--seq-lens", metavar="N,N,...",
+                     help="BERT family: several lengths in one step (e.g. 16,32,64,128), each verified: one artifact "
+                          "holding them all where the format allows (pte methods, tflite signatures, an ONNX dynamic "
+                          "axis, Core ML enumerated shapes, or a range MIN-MAX there); the runtime pads each request "
+                          "to the smallest that fits")
     exp.add_argument("--calibration", metavar="PATH",
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")
@@ -283,7 +289,7 @@ def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
     from converters import get_converter, list_converters
     from converters.base import _field_type, option_fields, option_flag
 
-    dests: list[str] = []
+    dests: list[str] = ["seq_lens"]  # export's own flag (Core ML's enumerated shapes are one way to honour it)
     for fmt in list_converters():
         conv = get_converter(fmt)
         fields = [f for f in option_fields(conv.Options) if f.name not in dests]

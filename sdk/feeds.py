@@ -33,7 +33,7 @@ def build_feed(artifact: Path, image: str | None, text: str | None, inputs: Sequ
         return parse_inputs(inputs)
     if image is None and text is None:
         return {}
-    model, _ = report_for_artifact(artifact, trust=trust)
+    model, entry = report_for_artifact(artifact, trust=trust)
     prep = model.get("preprocessing")
     if not prep:
         raise UsageError(f"no report.json with preprocessing beside {artifact}; pass raw tensors with "
@@ -44,4 +44,6 @@ def build_feed(artifact: Path, image: str | None, text: str | None, inputs: Sequ
         return {model["inputs"][0]["name"]: data.preprocess_image(image, prep)}
     if prep["kind"] != "text":
         raise UsageError(f"{model.get('name')} takes {prep['kind']}, not text; use --image")
-    return data.tokenize(text, prep)
+    # An artifact with sequence-length buckets takes the real tokens (up to its largest length) and pads itself.
+    buckets = (entry or {}).get("details", {}).get("buckets")
+    return data.tokenize(text, prep, pad=not buckets)

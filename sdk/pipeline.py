@@ -102,8 +102,9 @@ def _split_options(converters: Sequence[Converter], options: dict[str, Any]) -> 
 
 
 def plan(spec: ModelSpec, formats: Sequence[str], precision: str | None, out_dir: str | Path,
-         options: dict[str, Any]) -> list[_Plan]:
-    """What `export` will make; raises `UnsupportedError` / `UsageError` for anything it would refuse."""
+         options: dict[str, Any], folder_suffix: str = "") -> list[_Plan]:
+    """What `export` will make; raises `UnsupportedError` / `UsageError` for anything it would refuse.
+    `folder_suffix` extends the folder key (a multi-length export's `-seqs16-32-64`)."""
     converters = [get_converter(f) for f in formats]
     plans = []
     for converter, opts in zip(converters, _split_options(converters, options)):
@@ -112,14 +113,15 @@ def plan(spec: ModelSpec, formats: Sequence[str], precision: str | None, out_dir
         reason = converter.unsupported_reason(spec, resolved, **kwargs)
         if reason:
             raise UnsupportedError(f"cannot export {spec.name} to {converter.format} at {resolved}: {reason}")
-        folder = Path(out_dir) / spec.name / spec.folder_key(resolved)
+        folder = Path(out_dir) / spec.name / (spec.folder_key(resolved) + folder_suffix)
         plans.append(_Plan(converter, resolved, opts, folder, folder / converter.artifact_name(**kwargs)))
     return plans
 
 
 def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), precision: str | None = None,
            out_dir: str | Path = "out", weights: str | Path | None = None, *, tiny: bool = False,
-           seq_len: int | None = None, calibration: str | Path | None = None, progress: Progress | None = None,
+           seq_len: int | None = None, seq_lens: str | Sequence[int] | None = None,
+           calibration: str | Path | None = None, progress: Progress | None = None,
            **options: Any) -> list[ExportResult]:
     """Export a zoo model to each format, verify each artifact against PyTorch, and record it in report.json.
 
@@ -131,7 +133,24 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     `int8_io=True` for tflite); a key no requested format declares is an `UnknownOptionError`. Raises
     `ParityError` (the figures are kept in report.json under "failed") when an artifact misses the model's
     tolerance; the previous artifact, if any, stays in place with its entry.
+
+    `seq_lens` (e.g. "16,32,64,128"; the BERT family) exports every length in one step, each verified: one
+    artifact holding them all where the format allows (see `sdk.pipeline_lengths`), else one per length.
     """
+    seq_lens = options.pop("seq_lens", None) if seq_lens is None else seq_lens
+    if seq_lens is not None:
+        if seq_len is not None:
+            raise UsageError("give --seq-len or --seq-lens, not both")
+        from sdk.pipeline_lengths import export_lengths
+
+        return export_lengths(model, formats, precision, out_dir, weights, tiny=tiny, seq_lens=seq_lens,
+                              calibration=calibration, progress=progress, **options)
+    return _export_fixed(model, formats, precision, out_dir, weights, tiny, seq_len, calibration, progress, options)
+
+
+def _export_fixed(model, formats, precision, out_dir, weights, tiny: bool, seq_len: int | None, calibration,
+                  progress: Progress | None, options: dict[str, Any]) -> list[ExportResult]:
+    """`export` at one input shape (or, for a format whose own option takes `seq_lens`, its own flexible one)."""
     progress = progress or Progress(enabled=False)
     spec = _spec(model, tiny, seq_len)
     formats = [formats] if isinstance(formats, str) else list(formats)
@@ -151,14 +170,18 @@ def _model_section(spec: ModelSpec) -> dict[str, Any]:
     return {**spec.describe(), "labels": spec.labels()}
 
 
-def _export_one(plan: _Plan, spec: ModelSpec, module, data: _Data, progress: Progress) -> ExportResult:
+def _export_one(plan: _Plan, spec: ModelSpec, module, data: Any, progress: Progress,
+                convert_and_verify=None) -> ExportResult:
+    """Convert, verify, move into place and record one artifact; `convert_and_verify` (default
+    `_convert_and_verify`) makes and checks it in the temporary path, returning (entry, parity, details)."""
     converter, precision = plan.converter, plan.precision
     label = f"{spec.name} → {converter.format} {precision}"
     attempt: dict[str, Any] = {"file": plan.final.name, "format": converter.format, "precision": str(precision),
                                "requested_precision": precision.requested, "options": plan.kwargs}
     try:
         with atomic_path(plan.final) as tmp:
-            entry, parity, details = _convert_and_verify(plan, spec, module, data, tmp, label, progress, attempt)
+            entry, parity, details = (convert_and_verify or _convert_and_verify)(plan, spec, module, data, tmp, label,
+                                                                                 progress, attempt)
     except PocketformerError as exc:
         failure = {**attempt, "error": type(exc).__name__, "reason": str(exc)}
         report_path = manifest.record_failure(plan.folder, _model_section(spec), failure)
@@ -182,15 +205,9 @@ def _convert_and_verify(plan: _Plan, spec: ModelSpec, module, data: _Data, tmp: 
     with progress.step(f"convert {label}"):
         conversion = converter.convert(module, spec, requested, data.calibration, tmp, **plan.kwargs)
     timings["export_s"] = time.perf_counter() - start
-    # What the artifact really is: a converter may fall back (only when the user allowed it).
-    precision = Precision(str(conversion.precision), requested.requested) if conversion.precision else requested
+    precision, entry = new_entry(plan, conversion, tmp, timings, module, data.calibration_source,
+                                 len(data.calibration))
     attempt["precision"] = str(precision)
-    entry = manifest.ArtifactEntry(
-        file=plan.final.name, format=converter.format, precision=str(precision),
-        requested_precision=requested.requested, sha256="", size_bytes=manifest.size_of(tmp), options=plan.kwargs,
-        details=conversion.details, timings=timings, weights=module.pocketformer_weights, tools=tool_versions(),
-        calibration={"source": data.calibration_source, "samples": len(data.calibration)}
-        if precision.needs_calibration else None)
 
     not_verifiable = converter.verify_reason(**plan.kwargs)
     if not_verifiable:
@@ -231,6 +248,21 @@ def _convert_and_verify(plan: _Plan, spec: ModelSpec, module, data: _Data, tmp: 
         attempt["parity"] = parity
         raise checks.ParityError(f"{label} failed verification: " + "; ".join(failures))
     return entry, parity, conversion.details
+
+
+def new_entry(plan: _Plan, conversion, tmp: Path, timings: dict, module, calibration_source: str,
+              calibration_samples: int) -> tuple[Precision, manifest.ArtifactEntry]:
+    """The artifact's precision (a converter may fall back, only where the user allowed it) and its manifest
+    entry before verification (sha256 and size are set once it is in place)."""
+    requested = plan.precision
+    precision = Precision(str(conversion.precision), requested.requested) if conversion.precision else requested
+    entry = manifest.ArtifactEntry(
+        file=plan.final.name, format=plan.converter.format, precision=str(precision),
+        requested_precision=requested.requested, sha256="", size_bytes=manifest.size_of(tmp), options=plan.kwargs,
+        details=conversion.details, timings=timings, weights=module.pocketformer_weights, tools=tool_versions(),
+        calibration={"source": calibration_source, "samples": calibration_samples}
+        if precision.needs_calibration else None)
+    return precision, entry
 
 
 def _run_all(session, feeds: list[dict], label: str) -> list:
