@@ -5,6 +5,9 @@ arm64 Python 3.11 with PyPI's aarch64 numpy, ai-edge-litert and onnxruntime, run
 Cortex-A72. It is reached as a device through the real SSH transport (the sshd of tests/conftest.py on
 127.0.0.1), with the board's Python as --remote-python: the path a user's own arm64 board takes, end to end,
 with only the CPU emulated. Goals: fp32 within 1e-5 of the host, int8 within its tolerance.
+
+The second device environment, a venv with numpy<2 and tflite-runtime 2.14 only (scripts/tflite_runtime_env.sh),
+is reached the same way and runs `verify` and `bench` through the `tflite_runtime` backend.
 """
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from device_runtime.bundle import open_bundle
 from sdk.cli import EXIT_OK, main
 
 BOARD = Path(__file__).resolve().parents[1] / ".cache" / "arm64-board"
 PYTHON = BOARD / "bin" / "python"
+TFLITE_RUNTIME_ENV = Path(__file__).resolve().parents[1] / ".cache" / "tflite-runtime-env"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def board():
 
 
 @pytest.fixture(scope="module")
-def board_bundle(board, export_tiny, tmp_path_factory):
+def board_bundle(export_tiny, tmp_path_factory):
     from sdk.bundles import write_bundle
 
     paths = [export_tiny("mobilevit_xxs", "tflite", "fp32").path, export_tiny("mobilevit_xxs", "tflite", "int8").path,
@@ -54,9 +59,7 @@ def test_verify_on_the_arm64_board_over_ssh(board, board_bundle, sshd, tmp_path,
     onnx_problem = _onnxruntime_on_board(board)
     artifacts = ["fp32-model.tflite", "int8-model.tflite"] + ([] if onnx_problem else ["model.onnx"])
     report = tmp_path / "report"
-    args = ["verify", str(board_bundle), "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}",
-            "--ssh-key", sshd["key"], "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}",
-            "--ssh-option", "StrictHostKeyChecking=yes", "--remote-python", str(board), "--report-dir", str(report),
+    args = ["verify", str(board_bundle), *_ssh(sshd), "--remote-python", str(board), "--report-dir", str(report),
             "--quiet", *[a for f in artifacts for a in ("--artifact", f)]]
     code = main(args)
     printed = capsys.readouterr().out
@@ -86,3 +89,33 @@ def test_verify_on_the_arm64_board_over_ssh(board, board_bundle, sshd, tmp_path,
         pytest.skip(onnx_problem)
     assert by_file["model.onnx"]["backend"] == "onnxruntime"
     assert by_file["model.onnx"]["vs_host"]["max_abs_err"] <= 1e-5
+
+
+def _ssh(sshd) -> list[str]:
+    return ["--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", "--ssh-key", sshd["key"],
+            "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}", "--ssh-option", "StrictHostKeyChecking=yes"]
+
+
+def test_verify_and_bench_with_tflite_runtime_over_ssh(board_bundle, sshd, tmp_path, capsys):
+    python = TFLITE_RUNTIME_ENV / "bin" / "python"
+    if not (TFLITE_RUNTIME_ENV / "READY").is_file():
+        pytest.skip(f"no tflite-runtime environment at {TFLITE_RUNTIME_ENV}: build it with "
+                    "scripts/tflite_runtime_env.sh (.ci/run does)")
+    report = tmp_path / "report"
+    code = main(["verify", str(board_bundle), *_ssh(sshd), "--remote-python", str(python), "--report-dir", str(report),
+                 "--artifact", "fp32-model.tflite", "--artifact", "int8-model.tflite", "--quiet"])
+    assert code == EXIT_OK, capsys.readouterr().out
+    (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
+    assert doc["machine"]["numpy"].startswith("1.") and doc["emulated"] is None
+    for r in doc["artifacts"]:
+        assert r["backend"] == "tflite_runtime" and r["passed"], r
+        print(f"tflite-runtime 2.14 vs ai-edge-litert, {r['file']}: max abs {r['vs_host']['max_abs_err']:.3g}")
+    fp32 = next(r for r in doc["artifacts"] if r["file"] == "fp32-model.tflite")
+    assert fp32["vs_host"]["max_abs_err"] <= 1e-5
+    with open_bundle(board_bundle) as b:
+        artifact = b.root / "artifacts" / "fp32-model.tflite"
+        out = tmp_path / "bench.json"
+        assert main(["bench", str(artifact), *_ssh(sshd), "--remote-python", str(python), "--runs", "3", "--warmup",
+                     "1", "--quiet", "--json", str(out)]) == EXIT_OK
+    result = json.loads(out.read_text())["results"][0]
+    assert result["backend"] == "tflite_runtime" and result["latency"]["p50"] > 0
