@@ -138,6 +138,9 @@ if args[0] == "push":
     os.makedirs(os.path.dirname(local(args[2])), exist_ok=True)
     shutil.copy(args[1], local(args[2]))
     print(f"{args[1]}: 1 file pushed.")
+elif args[0] == "pull":
+    shutil.copy(local(args[1]), args[2])
+    print(f"{args[1]}: 1 file pulled.")
 elif args[0] == "shell":
     command = args[1]
     if "--graph=" in command or "--model_path=" in command:
@@ -213,6 +216,22 @@ def test_adb_errors_are_clear(fake_adb, capsys):
     code = main(["bench", str(onnx), "--device", "adb:R58M123ABC", "--runner", str(fake_adb["runner"])])
     assert code == EXIT_BAD_INPUT
     assert "not onnx" in capsys.readouterr().err
+
+
+def test_adb_verify_up_to_the_device(fake_adb, export_tiny, tmp_path):
+    """`verify --device adb:` through the real adb transport; the stand-in device runs the shipped runtime."""
+    from sdk.bundles import write_bundle
+    from sdk.device_verify import verify_on_device
+
+    bundle = write_bundle([export_tiny("mobilevit_xxs", "tflite", "fp32").path], tmp_path / "b.zip", zip_=True)
+    doc = verify_on_device(bundle, device="adb:R58M123ABC", remote_python=sys.executable)
+    calls = fake_adb["log"].read_text().splitlines()
+    assert any(" push " in c and c.endswith("/bundle.zip") for c in calls)
+    assert any(" pull " in c and "/outputs.npz" in c for c in calls)
+    assert any("-m device_runtime.bundle" in c for c in calls) and any("rm -rf /data/local/tmp/pocketformer." in c
+                                                                       for c in calls)
+    assert doc["device"] == "adb:R58M123ABC" and doc["passed"]
+    assert doc["artifacts"][0]["vs_host"]["max_abs_err"] == 0.0
 
 
 # -- SSH, end to end ------------------------------------------------------------------------------------
