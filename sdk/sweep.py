@@ -33,7 +33,7 @@ from sdk.progress import Progress
 from sdk.report import tool_versions
 from sdk.sweep_jobs import (BenchUnit, Cache, Device, ExportUnit, ExportJob, bench_key, cached_bench, cached_export,
                             pack, plan_exports, unpack)
-from sdk.sweep_report import SweepLine, figures, format_sweep, write_documents
+from sdk.sweep_report import SweepLine, figures, write_documents
 
 POLL_S = 0.5
 ACTOR_START_S = 300  # a device actor's worker process starting (slow only on a loaded host)

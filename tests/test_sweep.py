@@ -79,11 +79,12 @@ def _devices(sshd, silent_port):
     return devices
 
 
-@pytest.fixture(scope="module")
-def swept(ray_2cpu, sshd, silent_port, tmp_path_factory):
+def test_sweep_on_devices_then_a_cached_rerun_then_the_report(ray_2cpu, sshd, silent_port, tmp_path):
+    """One test, not four sharing a fixture: under `pytest -n 2` tests of a module may land on both workers, and
+    each would run the whole sweep again."""
     from sdk.sweep import sweep
 
-    out = tmp_path_factory.mktemp("sweep")
+    out = tmp_path / "sweep"
     devices = _devices(sshd, silent_port)
     args = dict(formats=FORMATS, precisions=PRECISIONS, devices=devices, tiny=True, out_dir=out, runs=5,
                 warmup=1, connect_timeout=5, export_memory_gb=0.5)
@@ -92,14 +93,19 @@ def swept(ray_2cpu, sshd, silent_port, tmp_path_factory):
     first_s = time.perf_counter() - start
     start = time.perf_counter()
     again = sweep(MODELS, **args)
+    again_s = time.perf_counter() - start
     from sdk.sweep_report import format_sweep
 
-    print(format_sweep(first), f"\nfirst sweep {first_s:.1f} s", format_sweep(again), sep="\n")
-    return {"out": out, "first": first, "again": again, "first_s": first_s, "again_s": time.perf_counter() - start,
-            "devices": [d.name for d in devices]}
+    print(format_sweep(first), f"\nfirst sweep {first_s:.1f} s, rerun {again_s:.1f} s", format_sweep(again), sep="\n")
+    swept = {"out": out, "first": first, "again": again, "first_s": first_s, "again_s": again_s,
+             "devices": [d.name for d in devices]}
+    _every_combination_benchmarked_on_each_device(swept)
+    _an_unreachable_device_is_reported_not_waited_on(swept)
+    _a_rerun_finds_everything_cached(swept)
+    _the_merged_folder_is_a_report(swept)
 
 
-def test_sweep_exports_every_combination_and_benchmarks_it_on_each_device(swept):
+def _every_combination_benchmarked_on_each_device(swept):
     doc, out = swept["first"], swept["out"]
     exports = doc["exports"]
     assert len(exports) == len(MODELS) * len(FORMATS) * len(PRECISIONS)
@@ -131,7 +137,7 @@ def test_sweep_exports_every_combination_and_benchmarks_it_on_each_device(swept)
     assert doc["workers"] == 2 and 0 < fig["worker_utilisation"] <= 1.05
 
 
-def test_an_unreachable_device_is_reported_not_waited_on(swept):
+def _an_unreachable_device_is_reported_not_waited_on(swept):
     doc = swept["first"]
     state = doc["devices"]["silent"]
     assert state["state"] == "down" and "no answer" in state["reason"] and "5 s" in state["reason"]
@@ -140,7 +146,7 @@ def test_an_unreachable_device_is_reported_not_waited_on(swept):
     assert all(b["status"] == "failed" and "unreachable" in b["reason"] for b in silent)
 
 
-def test_a_rerun_finds_everything_cached(swept):
+def _a_rerun_finds_everything_cached(swept):
     again = swept["again"]
     assert {e["status"] for e in again["exports"]} == {"cached"}
     assert {b["status"] for b in again["benchmarks"] if b["device"] in ("local", "sshdev", "board0")} <= \
@@ -154,7 +160,7 @@ def test_a_rerun_finds_everything_cached(swept):
     assert swept["again_s"] < swept["first_s"] / 2
 
 
-def test_the_merged_folder_is_a_report(swept):
+def _the_merged_folder_is_a_report(swept):
     from sdk.html_report import build_report, collect
 
     out = swept["out"]
