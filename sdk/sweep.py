@@ -68,25 +68,37 @@ def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions:
                                  weights=weights, options=options, tools=tools)
     run = _Run(out, jobs, refused, targets, repeats, Cache(out, enabled=not fresh), tools,
                dict(runs=runs, warmup=warmup, threads=threads), retries, progress or Progress(enabled=False))
-    with sweep_ray.cluster(address, num_cpus, targets, verbose) as info:
-        slots = max(1, int(info["cpus"] // export_cpus)) if info["cpus"] else 1
-        run.workers = min(workers, slots) if workers else slots
-        run.limits = {"export": export_timeout, "ready": ACTOR_START_S, "check": connect_timeout,
-                      "bench": bench_timeout}
-        run.export_resources = (export_cpus, export_memory_gb)
-        run.execute(info["missing_devices"])
-        wall = time.perf_counter() - started - info["connect_s"]
-    document = {
-        "schema": "pocketformer.sweep/1", "out": str(out), "cluster": info, "workers": run.workers,
-        "settings": {"models": list(models), "formats": list(formats), "precisions": [p or "default" for p in
-                     (precisions or (None,))], "devices": [vars(d) for d in targets], "repeats": repeats,
-                     "tiny": tiny, "seq_len": seq_len, "weights": str(weights) if weights else None,
-                     "runs": runs, "warmup": warmup, "threads": threads, "retries": retries,
-                     "export_cpus": export_cpus, "export_memory_gb": export_memory_gb, "options": options},
-        "tools": tools, "devices": run.device_states(),
-        "exports": [u.record() for u in run.export_units], "benchmarks": [b.record() for b in run.bench_units]}
-    document["figures"] = figures(document, wall)
-    write_documents(out, document)
+    info: dict[str, Any] = {"connect_s": 0.0, "interrupted": None}
+    try:
+        with sweep_ray.cluster(address, num_cpus, targets, verbose) as connected:
+            info.update(connected)
+            slots = max(1, int(info["cpus"] // export_cpus)) if info["cpus"] else 1
+            run.workers = min(workers, slots) if workers else slots
+            run.limits = {"export": export_timeout, "ready": ACTOR_START_S, "check": connect_timeout,
+                          "bench": bench_timeout}
+            run.export_resources = (export_cpus, export_memory_gb)
+            run.execute(info["missing_devices"])
+    except BaseException as exc:  # Ctrl-C, a lost cluster: what finished is cached; say what did not, then raise
+        if run.started:
+            info["interrupted"] = f"{type(exc).__name__}: {exc}"
+            for unit in run.export_units + run.bench_units:
+                if unit.status in ("pending", "running"):
+                    unit.status, unit.reason = "interrupted", f"the sweep stopped first ({type(exc).__name__})"
+        raise
+    finally:
+        if run.started:  # nothing ran when Ray itself was missing: no sweep.json to write
+            document = {
+                "schema": "pocketformer.sweep/1", "out": str(out), "cluster": info, "workers": run.workers,
+                "settings": {"models": list(models), "formats": list(formats), "precisions": [
+                    p or "default" for p in (precisions or (None,))], "devices": [vars(d) for d in targets],
+                    "repeats": repeats, "tiny": tiny, "seq_len": seq_len, "weights": str(weights) if weights else None,
+                    "runs": runs, "warmup": warmup, "threads": threads, "retries": retries,
+                    "export_cpus": export_cpus, "export_memory_gb": export_memory_gb, "options": options},
+                "tools": tools, "devices": run.device_states(),
+                "exports": [u.record() for u in run.export_units], "benchmarks": [b.record() for b in run.bench_units]}
+            ended = run.ended or time.perf_counter()  # Ray's shutdown is not the sweep's time
+            document["figures"] = figures(document, ended - started - info["connect_s"])
+            write_documents(out, document)
     return document
 
 
@@ -120,6 +132,8 @@ class _Run:
         self.workers = 1
         self.limits: dict[str, float] = {}
         self.export_resources = (1.0, 2.0)
+        self.started = False
+        self.ended: float | None = None
         for job in jobs:
             for unit in job.units:
                 record = cached_export(cache, out, unit)
@@ -130,6 +144,7 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def execute(self, missing: dict[str, str]) -> None:
+        self.started = True
         for name, state in self.devices.items():
             if name in missing:
                 state.state, state.reason = "down", missing[name]
@@ -153,6 +168,7 @@ class _Run:
             self._deadlines()
             self.line.update(self.export_units, self.bench_units, self._bench_total())
         self.line.finish(self.export_units, self.bench_units, self._bench_total())
+        self.ended = time.perf_counter()
 
     def _bench_total(self) -> int:
         """Benchmarks so far plus those the exports still running or pending will bring."""

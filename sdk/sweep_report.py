@@ -17,7 +17,6 @@ from device_runtime import atomic
 from sdk.progress import Progress
 
 SWEEP_NAME = "sweep.json"
-STATES = ("ok", "cached", "running", "failed", "refused", "pending")
 
 
 # -- the live line ---------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def table_rows(document: dict[str, Any], full: bool = False) -> tuple[list[str],
     for e in document["exports"]:
         f = e["figures"]
         status = e["status"] if e["status"] in ("ok", "cached") else f"{e['status']}: " + (
-            e.get("reason") if full else _brief(e.get("reason")))
+            (e.get("reason") or "") if full else _brief(e.get("reason")))
         if e["attempts"] and len(e["attempts"]) > 1:
             status += f" ({len(e['attempts'])} attempts)"
         row = [e["model"], e["format"], e["precision"], status,
@@ -149,7 +148,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
              f"(+{fig.get('connect_s') or 0:.1f} s to start/connect Ray); exports {fig['exports']}, "
              f"benchmarks {fig['benchmarks']}; "
              + (f"{rate:.2f} exports per minute per worker" if rate is not None else
-                "no export ran (all cached or refused)")]
+                "no export ran to the end here (cached, refused or interrupted)")]
     for name, state in document["devices"].items():
         if state["state"] == "down":
             lines.append(f"device {name} ({state['address']}): {state['state']}: {state['reason']}")
@@ -194,7 +193,7 @@ def sweep_sections(root: Path) -> list[dict[str, str]]:
                f"exports {fig.get('exports')}, benchmarks {fig.get('benchmarks')}"
                + (f"; {rate:.2f} exports per minute per worker, workers busy "
                   f"{100 * (fig.get('worker_utilisation') or 0):.0f}% of the time." if rate else
-                  "; no export ran (all cached or refused)."))
+                  "; no export ran to the end here (cached, refused or interrupted)."))
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>")
     md_table = _md_table(header, rows)
