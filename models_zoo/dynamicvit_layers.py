@@ -48,14 +48,17 @@ class TokenScorer(nn.Module):
                                    nn.Linear(dim // 4, 2))
 
     def forward(self, tokens):
-        local, glob = self.embed(tokens).chunk(2, dim=-1)
+        z = self.embed(tokens)
+        # Slices, not chunk/select: XNNPACK delegates static slices, while split and select end a partition.
+        half = z.shape[-1] // 2
+        local, glob = z[..., :half], z[..., half:]
         # Eq. 2 averages the global half over the kept tokens (weighted by the decision mask D); in eval every
         # token still present is a kept one, so it is a plain mean.
         glob = glob.mean(dim=1, keepdim=True).expand_as(local)
         logits = self.score(torch.cat([local, glob], dim=-1))
         # The paper ranks tokens by log-softmax(logits)[..., keep]; that is monotonic in keep - drop, so ranking
         # by the difference selects the same tokens without the log-softmax.
-        return logits[..., 0] - logits[..., 1]
+        return (logits[..., :1] - logits[..., 1:]).flatten(1)
 
 
 class DynamicViT(nn.Module):
@@ -73,13 +76,13 @@ class DynamicViT(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.classifier = nn.Linear(dim, num_classes)
         self.prune_at, self.keep = tuple(prune_at), tuple(keep)
-        # DeiT's initialisation (truncated normal, std 0.02), so a random-init model has a real output spread.
+        # Random init (tests, trials; real use loads a checkpoint): positions and class token as DeiT's
+        # (truncated normal, std 0.02), linears PyTorch's default. DeiT's std-0.02 linears leave the blocks'
+        # residual contributions far below the patch tokens' scale at init, so per-tensor int8 rounds them
+        # away and the logits barely depend on the photo: measured on the tiny variant, static int8 8 dB vs
+        # fp32 against 7 dB for a constant output; with default linears 20.8 dB against 3.3 dB.
         nn.init.trunc_normal_(self.pos, std=0.02)
         nn.init.trunc_normal_(self.cls, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
 
     def forward(self, pixel_values):
         x = self.stem(pixel_values).flatten(2).transpose(1, 2)
@@ -90,7 +93,7 @@ class DynamicViT(nn.Module):
                 x = self._prune(x, stage)
                 stage += 1
             x = block(x)
-        return self.classifier(self.norm(x)[:, 0])
+        return self.classifier(self.norm(x[:, :1]).flatten(1))  # LayerNorm is per token: norm the class token only
 
     def _prune(self, x, stage: int):
         """Sec. 3.3 at inference: the `keep[stage]` best-scored patch tokens survive, a static k; the class
