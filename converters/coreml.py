@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from converters.base import Conversion, ConversionError, Converter, UnsupportedError, option, register_converter
+from converters import rewrites
 from converters.coreml_compress import COMPRESSIONS, WEIGHT_THRESHOLD, compress_model, expected_factor
 from converters.coreml_io import (FLEX_ENUMERATED, FLEX_RANGE, ImageNormalize, image_details, input_types,
                                   set_metadata)
@@ -193,7 +194,9 @@ class CoreMLConverter(Converter):
             details["fp16_scan"] = {"skipped": "compute precision is fp32"}
 
         # 2. torch.export (with the flexible axis when asked), decompositions, ct.convert.
-        lowered = ImageNormalize.wrap(module, prep) if image_input else module
+        folded = rewrites.fold_window_batch(module)  # Core ML tensors have rank <= 5; TinyViT windows have 6
+        details["rewrites"] = {"fold_window_batch": folded is not module}
+        lowered = ImageNormalize.wrap(folded, prep) if image_input else folded
         args = tuple(torch.from_numpy(calibration[0][n]) for n in spec.input_names)
         start = time.perf_counter()
         exported = self._export(lowered, spec, args, flex, flex_axes)

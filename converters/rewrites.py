@@ -71,3 +71,60 @@ def layernorm_as_linear(model):
 def for_xnnpack(model):
     """Everything XNNPACK needs to take a Transformer whole."""
     return layernorm_as_linear(eager_attention(model))
+
+
+@functools.lru_cache(maxsize=None)
+def folded_window_block_type():
+    """timm's TinyViT block with its window partition written for a batch of 1 (one class per process)."""
+    import torch.nn.functional as F
+    from timm.models.tiny_vit import TinyVitBlock
+
+    class FoldedWindowBlock(TinyVitBlock):
+        """TinyViT's block (Wu et al. 2022, §4) with the batch of 1 folded out of the window partition.
+
+        timm partitions an (B, H, W, C) map into windows through a rank-6 view (B, nH, ws, nW, ws, C); Core ML
+        runs tensors of rank 5 at most and rejects the program. With B = 1 the same partition is a rank-5 view
+        (nH, ws, nW, ws, C), the same transpose one axis lower, and the same reshape: identical values.
+        """
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            ws = self.window_size
+            if B != 1 or (H == ws and W == ws):
+                return super().forward(x)
+            shortcut = x
+            pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
+            if pad_b or pad_r:
+                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            pH, pW = H + pad_b, W + pad_r
+            nH, nW = pH // ws, pW // ws
+            x = x.view(nH, ws, nW, ws, C).transpose(1, 2).reshape(nH * nW, ws * ws, C)
+            x = self.attn(x)
+            x = x.view(nH, nW, ws, ws, C).transpose(1, 2).reshape(1, pH, pW, C)
+            if pad_b or pad_r:
+                x = x[:, :H, :W].contiguous()
+            x = shortcut + self.drop_path1(x)
+            x = self.local_conv(x.permute(0, 3, 1, 2))
+            x = x.reshape(1, C, H * W).transpose(1, 2)
+            x = x + self.drop_path2(self.mlp(x))
+            return x.view(1, H, W, C)
+
+    return FoldedWindowBlock
+
+
+def fold_window_batch(model):
+    """`model` itself when it has no timm TinyViT block, else a copy whose blocks take the batch-1 window
+    partition (`folded_window_block_type`): for Core ML, whose tensors have rank 5 at most."""
+    import copy
+
+    try:
+        from timm.models.tiny_vit import TinyVitBlock
+    except ImportError:
+        return model
+    if not any(type(m) is TinyVitBlock for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for block in model.modules():
+        if type(block) is TinyVitBlock:
+            block.__class__ = folded_window_block_type()  # same parameters and names: only forward changes
+    return model

@@ -22,16 +22,24 @@ DEIT_TOLERANCES = dict(VISION_TOLERANCES)
 class DeiTSpec(TimmVisionSpec):
     family: str = "deit"
     tolerances: dict = field(default_factory=lambda: dict(DEIT_TOLERANCES))
+    # Std of the class and distillation tokens' random init; None: timm's (0.02).
+    token_init_std: float | None = None
 
     def _build(self):
         import timm
+        import torch
 
         # pretrained=False: timm builds the architecture only (weights come from `--weights`, never downloaded).
-        return timm.create_model(self.timm_name, pretrained=False, num_classes=self.num_classes, **self.model_args)
+        model = timm.create_model(self.timm_name, pretrained=False, num_classes=self.num_classes, **self.model_args)
+        if self.token_init_std is not None:
+            for token in (model.cls_token, model.dist_token):
+                torch.nn.init.normal_(token, std=self.token_init_std)
+        return model
 
 
 def _deit(name: str) -> DeiTSpec:
-    return DeiTSpec(name=name, timm_name=name, tiny_overrides={"model_args": TINY_ARGS, "image_size": 64})
+    return DeiTSpec(name=name, timm_name=name,
+                    tiny_overrides={"model_args": TINY_ARGS, "image_size": 64, "token_init_std": 1.0})
 
 
 @register_model

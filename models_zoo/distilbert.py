@@ -16,8 +16,10 @@ from models_zoo.bert import BERT_BASE_VOCAB, BERT_TOLERANCES, BertSpec, init_ber
 from models_zoo.errors import WeightsError
 from models_zoo.spec import register_model
 
-# The BERT family's tiny dims in DistilBERT's names (a larger init scale than 0.02, so logits have real spread).
-TINY_CONFIG = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.2)
+# The BERT family's tiny dims in DistilBERT's names. Init std 0.1, not BERT's 0.02 (logits without spread) nor
+# the BERT tiny variants' 0.2: at 0.2 DistilBERT's ReLU pre-classifier sees activations whose per-tensor int8
+# range drowns the rest (LiteRT int8-static measured 12.7 dB at 0.3, 17.3 dB at 0.2, 33.1 dB at 0.1).
+TINY_CONFIG = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.1)
 
 # DistilBERT tolerances: MEASURED_BELOW
 DISTILBERT_TOLERANCES = dict(BERT_TOLERANCES)

@@ -31,9 +31,13 @@ EVAL_LEN = 128           # the zoo's default sequence length for the BERT family
 # -- the model under compression --------------------------------------------------------------------
 def resolve(model, weights: str | None = None, tiny: bool = False, seed: int = 0):
     """(spec, float module) from a zoo name, a spec, or (spec, module)."""
+    spec = model[0] if isinstance(model, tuple) else model if isinstance(model, ModelSpec) else \
+        get_model(model, tiny=tiny)
+    unsupported = getattr(spec, "compression_unsupported", None)  # a BERT-like spec the recipes cannot address
+    if unsupported:
+        raise UsageError(f"cannot compress {spec.name} ({spec.family}): {unsupported}")
     if isinstance(model, tuple):
         return model
-    spec = model if isinstance(model, ModelSpec) else get_model(model, tiny=tiny)
     if tiny and not spec.is_tiny:
         spec = spec.tiny()
     if not hasattr(spec, "with_architecture"):
