@@ -23,6 +23,7 @@ from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableE
 from device_runtime.registry import BACKENDS, FORMATS, choose_backend, sniff_format
 from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo, with_value_ranges
 from device_runtime.buckets import BucketedSession, SequenceTooLongError
+from device_runtime.packing import PackedRunner, packed_batch_runner
 from device_runtime.batching import Batcher, QueueFullError, session_batch_runner
 from device_runtime.pool import SessionPool
 
@@ -96,4 +97,5 @@ __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "Tenso
            "BenchmarkResult", "LatencyStats", "BackendUnavailableError", "CorruptArtifactError", "DTypeError",
            "ExecutionError", "InputError", "MissingInputError", "NonFiniteInputError", "ShapeError", "UnexpectedInputError",
            "UnknownFormatError", "ValueRangeError"]
-__all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner", "BucketedSession", "SequenceTooLongError"]
+__all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner", "BucketedSession", "SequenceTooLongError",
+            "PackedRunner", "packed_batch_runner"]

@@ -155,6 +155,7 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
                           "first_run_ms": loaded["first_run_ms"], "runs": runs, "warmup": warmup,
                           "latency": latency, "peak_rss_mb": entry["peak"] / 2**20,
                           "load_rss_delta_mb": loaded["load_rss_delta_mb"], "size_bytes": _size(worker.path),
+                          "memory_plan": loaded.get("memory_plan"),
                           "process": {"pid": worker.process.pid, "imports_torch": loaded["imports_torch"]}}
                 if profile_runs:
                     result.update(worker.call({"op": "profile", "runs": profile_runs}))
@@ -218,7 +219,7 @@ def _serve(commands, replies) -> None:
                          "runtime_import_ms": max(0.0, import_ms - session.load_time_ms),
                          "first_run_ms": session.first_run_ms,
                          "load_rss_delta_mb": (after - before) / 2**20 if before is not None and after is not None
-                         else None, "imports_torch": "torch" in sys.modules}
+                         else None, "imports_torch": "torch" in sys.modules, "memory_plan": session.memory_plan()}
             elif op == "run":
                 reply = {"samples": timed_runs(runner, command["settle"], command["count"]),
                          "peak_rss": peak_rss_bytes()}

@@ -289,6 +289,14 @@ class Session:
         arrays = list(arrays)
         return lambda: self._execute(arrays)
 
+    def memory_plan(self) -> dict[str, Any]:
+        """What the runtime plans to allocate for this model, as far as it says: `planned_bytes` (activations
+        and scratch the runtime planned ahead of time), `constant_bytes` (weights), `source` (where the figures
+        come from) and `note` (what they leave out). Backends override this; measured peak RSS is apart
+        (`device_runtime.isolated`, one process per artifact)."""
+        return {"planned_bytes": None, "constant_bytes": None, "source": None,
+                "note": f"{self.backend or type(self).__name__} does not report a memory plan"}
+
     @property
     def profiler(self) -> str | None:
         """What `profile()` uses on this backend, or None when it has no per-operator profiler (`profile()` then

@@ -68,11 +68,28 @@ class BertSpec(ModelSpec):
     num_labels: int = 2
     # Per-layer (heads, intermediate_size) when a structurally pruned checkpoint says so; None: uniform config.
     layer_shapes: tuple[tuple[int, int], ...] | None = None
+    # (capacity, max_segments) for the packed entry point (models_zoo.packed_bert); None: one sentence per run.
+    packing: tuple[int, int] | None = None
+    readout: str = "cls"  # the packed entry point's per-sentence readout ("cls" classifiers, "mean" embeddings)
 
     def with_seq_len(self, seq_len: int) -> "BertSpec":
         if not 1 < seq_len <= 512:
             raise UsageError(f"sequence length must be in 2..512, got {seq_len}")
         return replace(self, seq_len=seq_len)
+
+    def with_packing(self, capacity: int, max_segments: int) -> "BertSpec":
+        """The packed entry point: rows of `capacity` tokens holding up to `max_segments` sentences."""
+        if not 2 <= capacity <= int(self.config.get("max_position_embeddings", 512)):
+            raise UsageError(f"a packed row holds 2..512 tokens, got {capacity}")
+        if not 1 <= max_segments <= capacity // 2:
+            raise UsageError(f"max_segments must be in 1..{capacity // 2} (a sentence has >= 2 tokens), "
+                             f"got {max_segments}")
+        return replace(self, packing=(int(capacity), int(max_segments)), seq_len=int(capacity))
+
+    def variant_tags(self) -> tuple[str, ...]:
+        if self.packing:
+            return (f"packed{self.packing[0]}x{self.packing[1]}",)
+        return super().variant_tags()
 
     def with_architecture(self, architecture: dict[str, Any]) -> "BertSpec":
         """This spec with the dims a compressed checkpoint declares (see `read_architecture`)."""
@@ -86,6 +103,10 @@ class BertSpec(ModelSpec):
     def build(self, weights: str | None = None, seed: int = 0):
         """As `ModelSpec.build`; a checkpoint written by `pocketformer compress` may also change the dims
         (fewer layers, heads or FFN channels): they are read from its metadata before building."""
+        if self.packing:
+            from models_zoo.packed_bert import packed_module
+
+            return packed_module(replace(self, packing=None).build(weights, seed), self.readout, self.packing[1])
         architecture = read_architecture(weights) if weights is not None else None
         spec = self.with_architecture(architecture) if architecture else self
         module = super(BertSpec, spec).build(weights=weights, seed=seed)
@@ -118,17 +139,37 @@ class BertSpec(ModelSpec):
                   "attention_mask": (0, 1),
                   "token_type_ids": (0, int(self.config.get("type_vocab_size", 2)) - 1)}
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self.use_token_type_ids else [])
+        if self.packing:
+            capacity, slots = self.packing
+            ranges.update(position_ids=(0, capacity - 1), segment_ids=(0, slots))
+            names = ["input_ids", "token_type_ids", "position_ids", "segment_ids"]
+            return tuple(InputSpec(n, (1, capacity), "int64", {}, ranges[n]) for n in names)
         return tuple(InputSpec(n, (1, self.seq_len), "int64", {1: "sequence"}, ranges[n]) for n in names)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"kind": "text", "seq_len": self.seq_len, "lowercase": True, "vocab": None,
+        prep = {"kind": "text", "seq_len": self.seq_len, "lowercase": True, "vocab": None,
                 "input_names": list(self.input_names)}
+        if self.packing:  # sentences are tokenised unpadded, then packed (device_runtime.packing.pack)
+            prep["packing"] = {"capacity": self.packing[0], "max_segments": self.packing[1], "readout": self.readout}
+        return prep
 
     def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
-        return text_feeds(SAMPLE_SENTENCES, SAMPLE_SENTENCE_PAIRS, self.preprocessing())
+        return self._maybe_packed(text_feeds(SAMPLE_SENTENCES, SAMPLE_SENTENCE_PAIRS, self._unpacked_prep()))
 
     def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
-        return text_feeds(CALIBRATION_SENTENCES, CALIBRATION_SENTENCE_PAIRS, self.preprocessing())
+        return self._maybe_packed(text_feeds(CALIBRATION_SENTENCES, CALIBRATION_SENTENCE_PAIRS,
+                                             self._unpacked_prep()))
+
+    def _unpacked_prep(self) -> dict[str, Any]:
+        return replace(self, packing=None).preprocessing() if self.packing else self.preprocessing()
+
+    def _maybe_packed(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """The real sentences, packed into rows when this is the packed entry point."""
+        if not self.packing:
+            return feeds
+        from device_runtime.packing import pack
+
+        return [row.arrays for row in pack(feeds, *self.packing)]
 
     def labels(self) -> list[str] | None:
         return list(SST2_LABELS) if self.num_labels == 2 else None

@@ -52,6 +52,7 @@ def packaged_weights() -> str | None:
 @dataclass(frozen=True)
 class SentenceEmbeddingSpec(BertSpec):
     """A BERT encoder whose output is the mean-pooled sentence embedding, shape (1, width)."""
+    readout: str = "mean"  # the packed entry point averages each sentence's tokens, as the model does
 
     task: str = "sentence-embedding"
     output_names: tuple[str, ...] = ("sentence_embedding",)

@@ -107,6 +107,11 @@ def _labels(paths: Sequence[str]) -> list[str]:
     return _names(paths)
 
 
+def _planned_mb(result: dict[str, Any]) -> float | None:
+    planned = (result.get("memory_plan") or {}).get("planned_bytes")
+    return planned / 2**20 if isinstance(planned, (int, float)) else None
+
+
 def format_table(document: dict[str, Any]) -> str:
     """The human-readable result: one line per artifact, ratios against the first."""
     results = document.get("results", [])
@@ -115,7 +120,7 @@ def format_table(document: dict[str, Any]) -> str:
              f"{document.get('warmup')} warm-up, threads={document.get('threads') or 'default'}"
              + (f", runner {document['runner']}" if document.get("runner") else "")]
     header = (f"  {'artifact':<44}{'backend':<16}{'load ms':>9}{'first ms':>10}{'p50 ms':>9}{'p90 ms':>9}"
-              f"{'mean ms':>9}{'peak MB':>9}{'x first':>8}")
+              f"{'mean ms':>9}{'peak MB':>9}{'plan MB':>9}{'x first':>8}")
     lines += [header, "  " + "-" * (len(header) - 2)]
 
     def f(value, fmt):
@@ -126,10 +131,12 @@ def format_table(document: dict[str, Any]) -> str:
         lines.append(f"  {str(r.get('name'))[:43]:<44}{str(r.get('backend'))[:15]:<16}"
                      f"{f(r.get('load_time_ms'), '9.1f')}{f(r.get('first_run_ms'), '10.2f')}"
                      f"{f(lat.get('p50'), '9.3f')}{f(lat.get('p90'), '9.3f')}{f(lat.get('mean'), '9.3f')}"
-                     f"{f(r.get('peak_rss_mb'), '9.1f')}{f(r.get('ratio_vs_first'), '8.2f')}")
+                     f"{f(r.get('peak_rss_mb'), '9.1f')}{f(_planned_mb(r), '9.2f')}{f(r.get('ratio_vs_first'), '8.2f')}")
     if results:
         lines.append(f"  ratios: {basis} latency over {results[0].get('name')}'s; peak MB: "
-                     f"{document.get('peak_rss_scope') or results[0].get('peak_rss_scope', '')}")
+                     f"{document.get('peak_rss_scope') or results[0].get('peak_rss_scope', '')}; plan MB: the "
+                     f"runtime's planned activation memory (pte: memory-planned buffers; tflite: arena upper "
+                     f"bound; onnx: not reported)")
     for r in results:
         if r.get("profile_unavailable"):
             lines.append(f"  no per-operator profile for {r['name']}: {r['profile_unavailable']}")

@@ -76,8 +76,8 @@ def cmd_export(args, option_dests: list[str]) -> int:
     options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
-                     seq_len=args.seq_len, seq_lens=args.seq_lens, calibration=args.calibration, progress=progress,
-                     **options)
+                     seq_len=args.seq_len, seq_lens=args.seq_lens, pack=args.pack, calibration=args.calibration,
+                     progress=progress, **options)
     for result in results:
         print(result.summary())
     if args.bundle:  # a verification bundle of what was just exported (sdk/bundles.py)
@@ -210,6 +210,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                           "holding them all where the format allows (pte methods, tflite signatures, an ONNX dynamic "
                           "axis, Core ML enumerated shapes, or a range MIN-MAX there); the runtime pads each request "
                           "to the smallest that fits")
+    exp.add_argument("--pack", metavar="CAPACITYxSEGMENTS",
+                     help="BERT family: export the packed entry point instead, rows of CAPACITY tokens holding up "
+                          "to SEGMENTS sentences (block-diagonal attention; e.g. 128x16); verified, and each "
+                          "sentence's output equals running it alone")
     exp.add_argument("--calibration", metavar="PATH",
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")

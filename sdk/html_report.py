@@ -313,7 +313,8 @@ def tables(data: dict[str, Any], flops: dict[str, Any]) -> dict[str, tuple[list[
         lat_rows.append([r["model"], _fmt(r.get("format")), _fmt(r.get("precision")), r.get("device", "local"),
                          _fmt(r.get("backend")), _fmt(p50, ".3f"), _fmt(lat.get("p90"), ".3f"),
                          _fmt(lat.get("mean"), ".3f"), _fmt(r.get("first_run_ms"), ".2f"),
-                         _fmt(r.get("load_time_ms"), ".1f"), _fmt(r.get("peak_rss_mb"), ".0f"),
+                         _fmt(r.get("load_time_ms"), ".1f"), _fmt(r.get("peak_rss_mb"), ".0f") + " / " +
+                         _fmt(((r.get("memory_plan") or {}).get("planned_bytes") or float("nan")) / 2**20, ".2f"),
                          _fmt(f / 1e9 / (p50 / 1e3) if f and p50 else None, ".1f"),
                          _fmt(r.get("ratio_vs_first"), ".2f")])
     art_rows = []
@@ -325,7 +326,7 @@ def tables(data: dict[str, Any], flops: dict[str, Any]) -> dict[str, tuple[list[
                          _fmt(a.get("sqnr_db"), ".1f"), _fmt(a.get("export_s"), ".1f"), _fmt(a.get("weights"))])
     return {
         "latency": (["model", "format", "precision", "device", "backend", "p50 ms", "p90 ms", "mean ms",
-                     "first run ms", "load ms", "peak RSS MB", "achieved GFLOP/s", "x first of its bench"], lat_rows),
+                     "first run ms", "load ms", "peak RSS / planned MB", "achieved GFLOP/s", "x first of its bench"], lat_rows),
         "artifacts": (["model", "format", "precision", "size MB", "verified", "max abs err (vs own ref.)",
                        "max abs err vs fp32", "SQNR vs fp32 dB", "export s", "weights"], art_rows),
     }

@@ -214,6 +214,24 @@ class ExecuTorchSession(Session):
                 "methods": sorted(self._program.method_names)}
 
 
+    def memory_plan(self) -> dict[str, Any]:
+        """The method's memory-planned buffers (ExecuTorch plans every non-constant tensor into them at export:
+        `ExecutionPlan.non_const_buffer_sizes`), and the program's constant data. Delegates allocate their own
+        workspace on top (XNNPACK packs its weights at load), which the peak RSS includes and this does not."""
+        try:
+            from executorch.exir._serialize._program import deserialize_pte_binary
+
+            program = deserialize_pte_binary(Path(self.path).read_bytes())
+            program = getattr(program, "program", program)
+            plan = next(p for p in program.execution_plan if p.name == self._method_name)
+            planned = int(sum(plan.non_const_buffer_sizes))
+        except Exception as exc:  # an older or foreign program layout: say so rather than guess
+            return {**super().memory_plan(), "note": f"could not read the memory plan: {type(exc).__name__}: {exc}"}
+        return {"planned_bytes": planned, "constant_bytes": Path(self.path).stat().st_size,  # weights: ~ the file
+                "source": f"ExecutionPlan.non_const_buffer_sizes of method {self._method_name!r}",
+                "buffers": [int(b) for b in plan.non_const_buffer_sizes],
+                "note": "delegate (XNNPACK) workspace and packed weights are allocated at load, on top of this"}
+
     # -- profiling -------------------------------------------------------------------------------
     def profile(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, runs: int = 10,
                 warmup: int = 2) -> OpProfile:

@@ -173,6 +173,17 @@ class TFLiteSession(Session):
             return [it.get_tensor(d["index"]) for d in outs]
         return call
 
+    def memory_plan(self) -> dict[str, Any]:
+        """Tensor bytes from the flatbuffer: the signature's non-constant tensors (the most LiteRT's arena can
+        need; its planner shares memory between tensors whose lifetimes do not overlap, so the arena is smaller)
+        and the constant buffers. LiteRT's Python API does not expose the arena size itself (`benchmark_model
+        --report_peak_memory_footprint` on a device does)."""
+        index = next((s["subgraph"] for s in self._summary["signatures"] if s["key"] == self.signature), 0)
+        return {"planned_bytes": int(self._summary["subgraphs"][index]["variable_tensor_bytes"]),
+                "constant_bytes": int(self._summary["constant_bytes"]),
+                "source": "flatbuffer tensor sizes (an upper bound of the arena)",
+                "note": "arena upper bound: LiteRT reuses memory between tensors; XNNPACK packs weights at load"}
+
     def _backend_info(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
 

@@ -271,6 +271,7 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
     for si in range(n_graphs):
         sg = v.table(v.deref(graphs_at + 4 * si, "SubGraph"), "SubGraph", 1, deep=False)
         n_tensors = 0
+        variable_bytes = 0  # tensors without data in the file: what the interpreter's arena holds
         if 0 in sg:
             tensors_at, n_tensors = v.vector(sg[0], 4, "tensors")
             for ti in range(n_tensors):
@@ -284,6 +285,8 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
                 dims = v.ints(tensor, 0)
                 if any(d < -1 for d in dims):
                     raise _Corrupt(f"subgraph {si} tensor {ti} has a negative dimension {dims}")
+                if not (b and buffer_bytes[b]) and TENSOR_TYPES[ttype] is not None:
+                    variable_bytes += math.prod(max(d, 1) for d in dims) * np.dtype(TENSOR_TYPES[ttype]).itemsize
                 # A dense constant must hold as many bytes as its shape says (kernels read that many).
                 if b and buffer_bytes[b] and 6 not in tensor and TENSOR_TYPES[ttype] is not None:
                     need = math.prod(dims) * np.dtype(TENSOR_TYPES[ttype]).itemsize
@@ -312,7 +315,8 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
                 custom_at, custom_size = v.scalar(op, 9, "<Q"), v.scalar(op, 10, "<Q")
                 if custom_at > 1 and custom_at + custom_size > size:
                     raise _Corrupt(f"subgraph {si} operator {oi} has custom options past the end of the file")
-        subgraphs.append({"inputs": inputs, "outputs": outputs, "tensors": n_tensors, "operators": n_ops})
+        subgraphs.append({"inputs": inputs, "outputs": outputs, "tensors": n_tensors, "operators": n_ops,
+                          "variable_tensor_bytes": variable_bytes})
     for meta in (v.table_vector(model[6], "Metadata", 0) if 6 in model else []):
         if v.scalar(meta, 1, "<I") >= len(buffers):
             raise _Corrupt(f"a metadata entry refers to buffer {v.scalar(meta, 1, '<I')}, the model has {len(buffers)}")
@@ -335,4 +339,4 @@ def _walk(v: _Verifier, size: int) -> dict[str, Any]:
         key = v.string(sdef[2], "signature key") if 2 in sdef else ""
         signatures.append({"key": key, "subgraph": index, **maps})
     return {"version": version, "subgraphs": subgraphs, "signatures": signatures, "op_codes": n_codes,
-            "buffers": len(buffers), "tables": v.tables}
+            "buffers": len(buffers), "tables": v.tables, "constant_bytes": sum(buffer_bytes)}

@@ -1,0 +1,158 @@
+"""Sequence packing: first-fit decreasing into rows, the packed entry point (block-diagonal attention, positions
+restarting per sentence, per-sentence readout), and the equality that makes it safe: each sentence's output from
+a packed row equals running that sentence alone.
+
+fp32 is judged against unpadded eager PyTorch per sentence (cosine >= 0.9999 and the model's atol); int8 against
+the same artifact run unpacked (one sentence per row). Real verification sentences and pairs, tiny models."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import device_runtime
+from device_runtime import Batcher, PackedRunner, packed_batch_runner
+from device_runtime.errors import UsageError
+from device_runtime.packing import first_fit_decreasing, pack, packing_report, padding_fraction, unpack
+from models_zoo import get_model
+
+CAPACITY, SLOTS = 64, 6
+
+
+def test_first_fit_decreasing_respects_capacity_and_slots_and_places_every_sequence():
+    lengths = [30, 9, 17, 25, 5, 5, 12, 40, 3, 8]
+    rows = first_fit_decreasing(lengths, 64, 4)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 64 and len(r) <= 4 for r in rows)
+    assert len(rows) == 3  # 154 tokens in rows of 64: 3 rows is the lower bound, and FFD reaches it here
+    assert len(first_fit_decreasing(lengths, 64, 3)) == 4  # at most 3 per row: 10 sequences need 4
+    assert first_fit_decreasing([6, 5, 5, 4], 10, 4) == [[0, 3], [1, 2]]  # longest first, first row that fits
+    assert padding_fraction([6, 5, 5, 4], 2, 10) == 0.0
+    with pytest.raises(UsageError, match="more than a packed row holds"):
+        first_fit_decreasing([65], 64, 4)
+
+
+def test_packing_report_gives_padding_before_and_after():
+    report = packing_report([10, 20, 30, 12], capacity=64, max_segments=8, fixed_length=128)
+    assert report["padding_fraction_fixed"] == pytest.approx(1 - 72 / 512)
+    assert report["rows"] == 2 and report["padding_fraction_packed"] == pytest.approx(1 - 72 / 128)
+
+
+def test_pack_builds_block_rows_with_restarting_positions_and_unpack_restores_order():
+    spec = get_model("tinybert_4l_312d", tiny=True)
+    feeds = spec.sample_inputs()
+    rows = pack(feeds, CAPACITY, SLOTS)
+    for row in rows:
+        seg, pos = row.arrays["segment_ids"][0], row.arrays["position_ids"][0]
+        for slot, index in enumerate(row.members, start=1):
+            real = int(feeds[index]["attention_mask"].sum())
+            where = np.flatnonzero(seg == slot)
+            assert len(where) == real and np.array_equal(pos[where], np.arange(real))
+            assert np.array_equal(row.arrays["input_ids"][0, where], feeds[index]["input_ids"][0, :real])
+            # sentence pairs keep their token types
+            assert np.array_equal(row.arrays["token_type_ids"][0, where], feeds[index]["token_type_ids"][0, :real])
+    outputs = [np.arange(SLOTS)[None, :, None] + 100 * r for r in range(len(rows))]
+    back = unpack(rows, outputs, len(feeds))
+    assert [int(b[0, 0]) for b in back] == [100 * r + s for i in range(len(feeds))
+                                            for r, row in enumerate(rows) for s, m in enumerate(row.members) if m == i]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    from sdk import export
+
+    out = tmp_path_factory.mktemp("packed")
+    results = export("tinybert_4l_312d", ["pte", "onnx"], "fp32", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
+    results += export("minilm_l6_h384", ["pte"], "fp32", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
+    results += export("tinybert_4l_312d", ["pte"], "int8", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
+    return {(r.model, r.format, str(r.precision)): r for r in results}
+
+
+def _alone(model: str, feeds):
+    """Eager PyTorch on each sentence alone, unpadded."""
+    import torch
+
+    spec = get_model(model, tiny=True)
+    module = spec.build()
+    with torch.no_grad():
+        return [module(*(torch.from_numpy(f[n][:, :int(f["attention_mask"].sum())]) for n in spec.input_names)).numpy()
+                for f in feeds]
+
+
+def _agreement(expected, got):
+    worst = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
+    cosine = min(float((e * g).sum() / np.linalg.norm(e) / np.linalg.norm(g)) for e, g in zip(expected, got))
+    return worst, cosine
+
+
+@pytest.mark.parametrize("model,fmt", [("tinybert_4l_312d", "pte"), ("tinybert_4l_312d", "onnx"),
+                                       ("minilm_l6_h384", "pte")])
+def test_fp32_packed_outputs_equal_each_sentence_run_alone(packed, model, fmt):
+    result = packed[(f"{model}-tiny", fmt, "fp32")]
+    assert result.passed and result.path.parent.name == f"fp32-packed{CAPACITY}x{SLOTS}"
+    spec = get_model(model, tiny=True)
+    feeds = spec.sample_inputs()
+    runner = PackedRunner(device_runtime.load(result.path))
+    got = [out[0] for out in runner.run(feeds)]
+    worst, cosine = _agreement(_alone(model, feeds), got)
+    assert worst <= spec.tolerance("fp32").atol and cosine >= 0.9999, (worst, cosine)
+    assert np.std([g[0, 0] for g in got]) > 1e-3  # the sentences differ: not a constant readout
+    assert runner.padding_fraction < 0.5  # 12 sentences of 9-30 tokens in rows of 64
+
+
+def test_int8_packed_outputs_equal_the_same_artifact_run_unpacked(packed):
+    result = packed[("tinybert_4l_312d-tiny", "pte", "int8-dynamic")]
+    spec = get_model("tinybert_4l_312d", tiny=True)
+    feeds = spec.sample_inputs()
+    session = device_runtime.load(result.path)
+    runner = PackedRunner(session)
+    packed_out = [o[0] for o in runner.run(feeds)]
+    alone_rows = pack(feeds, CAPACITY, 1)
+    alone = unpack(alone_rows, [session.run(None, r.arrays)[0] for r in alone_rows], len(feeds))
+    worst, cosine = _agreement(alone, packed_out)
+    tol = spec.tolerance("int8")
+    scale = max(float(np.abs(a).max()) for a in alone)
+    assert worst <= max(tol.atol, tol.rtol * scale) and cosine >= 0.999, (worst, cosine)
+
+
+def test_batched_and_packed_requests_from_threads_match_direct_runs(packed):
+    result = packed[("tinybert_4l_312d-tiny", "pte", "fp32")]
+    spec = get_model("tinybert_4l_312d", tiny=True)
+    feeds = spec.sample_inputs() * 3
+    session = device_runtime.load(result.path)
+    direct = [o[0] for o in PackedRunner(session).run(feeds)]
+    results = [None] * len(feeds)
+    with Batcher(packed_batch_runner(session), max_batch_size=8, max_queue_delay_ms=20) as batcher:
+        def call(k):
+            results[k] = batcher.submit(feeds[k]).result(timeout=60)[0]
+
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(len(feeds))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = batcher.metrics()
+    for want, got in zip(direct, results):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert max(int(k) for k in metrics["batch_size_histogram"]) > 1  # requests were really packed together
+
+
+def test_a_sentence_longer_than_a_row_fails_alone_and_a_non_packed_artifact_is_refused(packed):
+    result = packed[("tinybert_4l_312d-tiny", "pte", "fp32")]
+    session = device_runtime.load(result.path)
+    run_batch = packed_batch_runner(session)
+    short = get_model("tinybert_4l_312d", tiny=True).sample_inputs()[0]
+    ids = np.full((1, CAPACITY + 1), 1000, dtype=np.int64)
+    long = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    out = run_batch([short, long])
+    assert isinstance(out[1], UsageError) and "does not fit a packed row" in str(out[1])
+    assert isinstance(out[0], list)
+    unpacked = device_runtime.Session("model.onnx")
+    unpacked._inputs = [device_runtime.TensorInfo(n, (1, 16), np.dtype(np.int64)) for n in spec_names()]
+    with pytest.raises(UsageError, match="not a packed entry point"):
+        PackedRunner(unpacked)
+
+
+def spec_names():
+    return get_model("tinybert_4l_312d", tiny=True).input_names
