@@ -106,7 +106,8 @@ class BertSpec(ModelSpec):
         if self.packing:
             from models_zoo.packed_bert import packed_module
 
-            return packed_module(replace(self, packing=None).build(weights, seed), self.readout, self.packing[1])
+            module = replace(self, packing=None).build(weights, seed)
+            return packed_module(module, find_bert(module), self.readout, self.packing[1])
         architecture = read_architecture(weights) if weights is not None else None
         spec = self.with_architecture(architecture) if architecture else self
         module = super(BertSpec, spec).build(weights=weights, seed=seed)

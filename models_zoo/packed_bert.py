@@ -14,17 +14,16 @@ The output is (1, max_segments, ...): one row per segment slot (empty slots hold
 from __future__ import annotations
 
 
-def packed_module(module, readout: str, max_segments: int):
-    """`module` (a zoo BERT-family module) behind the packed entry point (see the module docstring)."""
+def packed_module(module, bert, readout: str, max_segments: int):
+    """`module` (a zoo BERT-family module holding the transformers `BertModel` `bert`) behind the packed entry
+    point (see the module docstring)."""
     import torch
-
-    from models_zoo.bert import find_bert
 
     class PackedBert(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
-            self.bert = find_bert(inner)
+            self.bert = bert
             self.register_buffer("slots", torch.arange(1, max_segments + 1), persistent=False)
 
         def forward(self, input_ids, token_type_ids, position_ids, segment_ids):
