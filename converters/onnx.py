@@ -352,6 +352,8 @@ class OnnxConverter(Converter):
                                          "exporter; om: 11)", metavar="N")
         dynamic_shapes: bool = option(False, "keep the model's named dynamic axes (e.g. BERT sequence length) "
                                              "instead of static shapes")
+        dynamic_batch: bool = option(False, "a dynamic batch axis on every input, so a Batcher stacks requests "
+                                            "into one run (vision models' dynamic batching)")
         ort_optimize: str | None = option(None, "save ONNX Runtime's offline-optimised graph as model.ort-LEVEL.onnx "
                                                 "(fusions into ORT contrib ops; 'all' is tied to this CPU type)",
                                           choices=ORT_LEVELS)
@@ -359,8 +361,9 @@ class OnnxConverter(Converter):
                                        "auto (dynamo from opset 18, TorchScript below)",
                                choices=("auto", "dynamo", "torchscript"))
 
-    def artifact_name(self, ort_optimize: str | None = None, **_: Any) -> str:
-        return f"model.ort-{ort_optimize}.onnx" if ort_optimize else "model.onnx"
+    def artifact_name(self, ort_optimize: str | None = None, dynamic_batch: bool = False, **_: Any) -> str:
+        stem = "model-batched" if dynamic_batch else "model"
+        return f"{stem}.ort-{ort_optimize}.onnx" if ort_optimize else f"{stem}.onnx"
 
     multi_length = True
 
@@ -377,7 +380,7 @@ class OnnxConverter(Converter):
 
     def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
                 dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
-                _lengths: list[int] | None = None) -> Conversion:
+                dynamic_batch: bool = False, _lengths: list[int] | None = None) -> Conversion:
         import onnx
 
         precision = Precision.of(precision)
@@ -386,7 +389,7 @@ class OnnxConverter(Converter):
         if ort_optimize is not None:
             _ort_level(ort_optimize)  # refuse a bad level before exporting
         opset = int(opset) if opset else DEFAULT_OPSET
-        axes = dynamic_axes_of(spec) if dynamic_shapes else None
+        axes = dynamic_axes_of(spec, axes=dynamic_shapes, extra={0: "batch"} if dynamic_batch else None) or None
         details: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="pf-onnx-", dir=path.parent) as tmp:
             work = Path(tmp)

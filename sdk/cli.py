@@ -26,7 +26,7 @@ from sdk.cli_common import (CliError, add_device_args, add_feed_args, add_runtim
 from sdk.feeds import build_feed
 
 # Subcommands in modules of their own; each has `add_parser(subparsers)`.
-COMMAND_MODULES = ("sdk.inspect_cli", "sdk.compress.cli", "sdk.verify_cli", "sdk.sweep_cli")
+COMMAND_MODULES = ("sdk.inspect_cli", "sdk.compress.cli", "sdk.verify_cli", "sdk.sweep_cli", "sdk.serve_cli")
 
 
 # -- zoo ---------------------------------------------------------------------------------------------
