@@ -411,9 +411,10 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
           f"Generated {created} from {len(data['artifacts'])} artifact(s) and {len(data['bench_files'])} benchmark "
           f"file(s). CPU here: {roofline.get('cpu')}, {roofline.get('cores')} core(s), peak fp32 "
           f"{_fmt(roofline.get('peak_fp32_gflops'), '.0f')} GFLOP/s.", ""]
+    from sdk.report_zoo import zoo_sections  # the zoo's table and lesson, when root holds bench_zoo.json
     from sdk.sweep_report import sweep_sections  # a sweep's own table and figures, when root holds sweep.json
 
-    for t in _tune_sections(data["tunes"], html_path) + sweep_sections(root):
+    for t in _tune_sections(data["tunes"], html_path) + sweep_sections(root) + zoo_sections(root):
         parts.append(t["html"])
         md.append(t["md"])
     parts += ["<h2>Latency</h2>", _html_table(*tabs["latency"])]

@@ -169,3 +169,43 @@ def test_compress_cli_refuses_distilbert_with_exit_2(tmp_path, capsys):
 def test_distilbert_refuses_a_compressed_bert_checkpoint():
     with pytest.raises(WeightsError, match="q_lin"):
         get_model("distilbert_base_uncased").with_architecture({"source_model": "tinybert_4l_312d", "config": {}})
+
+
+# -- the zoo section of the report: equal FLOPs, unequal latency ------------------------------------------
+def _zoo_doc():
+    def row(model, gmacs, mac_mb, ops, p50, partitions=1, precision="fp32"):
+        return {"model": model, "family": model.split("_")[0],
+                "analysis": {"params": 5e6, "flops": gmacs * 2e9, "mac_bytes": mac_mb * 1e6, "operator_nodes": ops,
+                             "arithmetic_intensity": gmacs * 2e9 / (mac_mb * 1e6)},
+                "artifacts": [{"format": "pte", "precision": precision, "partitions": partitions, "p50_ms": p50},
+                              {"format": "onnx", "precision": "fp32", "partitions": None, "p50_ms": p50 * 1.5}]}
+
+    from sdk.report_zoo import SCHEMA
+
+    return {"schema": SCHEMA, "note": "measured", "models": [
+        row("deit_tiny", 1.26, 40, 300, 10.0), row("tinyvit_5m", 1.26, 90, 700, 19.0, partitions=4),
+        row("equal_speed", 1.20, 45, 310, 11.0), row("bigger", 4.6, 150, 300, 30.0),
+        {"model": "not_registered", "skipped": "not registered"}]}
+
+
+def test_zoo_pairs_name_the_factors_that_differ():
+    from sdk.report_zoo import equal_flops_pairs
+
+    pairs = equal_flops_pairs(_zoo_doc())
+    # equal MACs and 1.9x (1.73x) apart: reported; 4.6 GMACs is not "equal"; 10 vs 11 ms is not "unequal"
+    assert [(p["fast"], p["slow"]) for p in pairs] == [("deit_tiny", "tinyvit_5m"), ("equal_speed", "tinyvit_5m")]
+    assert pairs[0]["latency_ratio"] == pytest.approx(1.9)
+    reasons = " ".join(pairs[0]["reasons"])
+    assert "memory traffic" in reasons and "2.25x" in reasons and "operator count 2.33x" in reasons
+    assert "partitions 4 vs 1" in reasons
+
+
+def test_report_gets_a_zoo_section_only_when_bench_zoo_json_is_there(tmp_path):
+    from device_runtime.atomic import write_json
+    from sdk.report_zoo import ZOO_FILE, zoo_sections
+
+    assert zoo_sections(tmp_path) == []
+    write_json(tmp_path / ZOO_FILE, _zoo_doc())
+    section, = zoo_sections(tmp_path)
+    assert "equal FLOPs, unequal latency" in section["html"] and "tinyvit_5m is 1.90x slower" in section["html"]
+    assert "| deit_tiny | deit | 5.00 | 1.260 | 40.0 |" in section["md"] and "not registered" in section["md"]
