@@ -66,7 +66,11 @@ def packed(tmp_path_factory):
     results = export("tinybert_4l_312d", ["pte", "onnx"], "fp32", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
     results += export("minilm_l6_h384", ["pte"], "fp32", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
     results += export("tinybert_4l_312d", ["pte"], "int8", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
-    return {(r.model, r.format, str(r.precision)): r for r in results}
+    by_key = {(r.model, r.format, str(r.precision)): r for r in results}
+    # serve-bench's other configurations beside the packed fp32 .pte: fixed (the tiny variant's 32) and bucketed
+    by_key["fixed"], = export("tinybert_4l_312d", ["pte"], "fp32", out, tiny=True)
+    by_key["bucketed"], = export("tinybert_4l_312d", ["pte"], "fp32", out, tiny=True, seq_lens="8,16,32")
+    return by_key
 
 
 def _alone(model: str, feeds):
@@ -156,3 +160,37 @@ def test_a_sentence_longer_than_a_row_fails_alone_and_a_non_packed_artifact_is_r
 
 def spec_names():
     return get_model("tinybert_4l_312d", tiny=True).input_names
+
+
+def test_serve_bench_replays_a_real_stream_against_the_four_configurations(packed, tmp_path, capsys):
+    """Closed loop on the standard library's docstring sentences; every configuration answers every sentence,
+    and packing computes less padding than the fixed length does."""
+    from sdk.cli import main
+
+    report = tmp_path / "serve.json"
+    assert main(["serve-bench", str(packed["fixed"].path), "--count", "48", "--concurrency", "4", "--threads", "2",
+                 "--json", str(report), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    import json
+
+    document = json.loads(report.read_text())
+    rows = {r["config"]: r for r in document["results"]}
+    assert set(rows) == {"fixed", "bucketed", "packed", "packed+batched"} and not document["not_exported"]
+    assert all(r["completed"] == 48 and r["rejected"] == 0 and r["failed"] == 0 for r in rows.values())
+    assert "docstrings of the Python standard library" in document["stream"]
+    # docstring sentences run ~10-50 tokens: most of a 32-token row is not padding, yet less so than packed
+    assert rows["packed+batched"]["padding_fraction"] < rows["fixed"]["padding_fraction"]
+    assert rows["bucketed"]["padding_fraction"] < rows["fixed"]["padding_fraction"]
+    assert max(int(k) for k in rows["packed+batched"]["batch_size_histogram"]) > 1
+    assert "x fixed" in out and "packed+batched" in out
+
+
+def test_serve_bench_refuses_a_missing_or_empty_stream(packed, tmp_path):
+    from sdk.serve_bench import serve_bench
+
+    with pytest.raises(UsageError, match="no such stream file"):
+        serve_bench(packed["fixed"].path, stream=tmp_path / "nope.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(UsageError, match="holds no sentences"):
+        serve_bench(packed["fixed"].path, stream=empty)
