@@ -36,6 +36,7 @@ from device_runtime.remote.transport import AdbTarget, AdbTransport, RemoteError
 APP_PACKAGE = "dev.pocketformer.demo"
 ACTIVITY = f"{APP_PACKAGE}/.BenchActivity"
 DEVICE_ROOT = f"/sdcard/Android/data/{APP_PACKAGE}/files"
+DEFAULT_TIMEOUT_S = 1800  # how long `bench --app` waits for the app's result (a large model, many runs)
 
 
 class AppNotInstalledError(RemoteError):
@@ -200,7 +201,7 @@ def cmd_bench_app(args) -> int:
                              f"ExecuTorch or LiteRT runtime, and self-checks them itself")
     progress = Progress(enabled=not args.quiet)
     document = app_benchmark(args.device, args.artifacts, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                             note=progress.note)
+                             timeout=DEFAULT_TIMEOUT_S, note=progress.note)
     print(format_table(document))
     failed = [r for r in document["results"] if r.get("device_verified") is False]
     for r in document["results"]:

@@ -558,6 +558,12 @@ def delegate(rest):  # everything else: test_remote's stand-in, unchanged (it lo
                                *rest], env)
 if serial in ("missing", "locked"):
     delegate(args)
+inner = ""
+if args[0] == "shell":  # the transport may wrap a command in the device's `timeout ... sh -c CMD`
+    lexer = shlex.shlex(args[1], posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    inner = words[words.index("-c") + 1] if "sh" in words and "-c" in words else args[1]
 if args[0] == "push":
     note()
     dest = local(args[2])
@@ -567,13 +573,13 @@ if args[0] == "push":
 elif args[0] == "pull":
     note()
     shutil.copy(local(args[1]), args[2])
-elif args[0] == "shell" and args[1].startswith("pm list packages"):
+elif inner.startswith("pm list packages"):
     note()
     if not os.environ.get("FAKE_APP_ABSENT"):
         print("package:dev.pocketformer.demo")
-elif args[0] == "shell" and args[1].startswith("am "):
+elif inner.startswith("am "):
     note()
-    words = shlex.split(args[1])
+    words = shlex.split(inner)
     if words[1] == "start" and not os.environ.get("FAKE_APP_HANG"):
         extras = [local(w) if w.startswith("/sdcard/") else w for w in words]
         subprocess.Popen(["java", "-cp", os.environ["FAKE_APP_CLASSPATH"], "dev.pocketformer.core.StandInApp", *extras],
@@ -607,10 +613,13 @@ def app_adb(tmp_path, monkeypatch):
 
 
 def test_bench_app_over_the_stand_in_adb(app_adb, monkeypatch, capsys):
+    import sdk.android_app
     from device_runtime.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY, EXIT_UNSUPPORTED
     from device_runtime.remote.transport import RemoteError
     from sdk.android_app import app_benchmark
     from sdk.cli import main
+
+    monkeypatch.setattr(sdk.android_app, "DEFAULT_TIMEOUT_S", 120)  # a broken stand-in fails, not hangs
 
     out = app_adb["tmp"] / "bench.json"
     bundle = app_adb["bundle"]
@@ -620,7 +629,7 @@ def test_bench_app_over_the_stand_in_adb(app_adb, monkeypatch, capsys):
     assert code == EXIT_OK, printed.err
     calls = app_adb["log"].read_text().splitlines()
     assert all(c.startswith("adb -s R58M123ABC ") for c in calls)
-    start = next(c for c in calls if "am start" in c)
+    start = next(c for c in calls if "am start" in c).replace("'\"'\"'", "")
     for extra in ("-n dev.pocketformer.demo/.BenchActivity", "--ei runs 9", "--ei warmup 1", "--ei threads 2",
                   "--es bundle /sdcard/Android/data/dev.pocketformer.demo/files/pocketformer."):
         assert extra in start, start

@@ -14,17 +14,30 @@ import java.util.Map;
 public final class StandInApp {
     public static void main(String[] args) throws Exception {
         Map<String, Object> extras = new LinkedHashMap<>();
+        String badExtra = null;
         for (int i = 0; i + 2 < args.length + 1; i++) {
             String flag = args[i];
             if (!flag.equals("--es") && !flag.equals("--ei") && !flag.equals("--ez")) continue;
             String key = args[i + 1], value = args[i + 2];
-            if (flag.equals("--ei")) extras.put(key, Integer.parseInt(value));
-            else if (flag.equals("--ez")) extras.put(key, Boolean.parseBoolean(value));
-            else extras.put(key, value);
+            if (flag.equals("--ei")) {
+                try {
+                    extras.put(key, Integer.parseInt(value));
+                } catch (NumberFormatException exc) {  // am itself would refuse it; the app reports it
+                    badExtra = "extra " + key + " is not an integer: " + value;
+                }
+            } else if (flag.equals("--ez")) {
+                extras.put(key, Boolean.parseBoolean(value));
+            } else {
+                extras.put(key, value);
+            }
             i += 2;
         }
         Object outExtra = extras.get(LaunchOptions.OUT);
         Path out = Paths.get(outExtra != null ? String.valueOf(outExtra) : extras.get(LaunchOptions.BUNDLE) + ".result.json");
+        if (badExtra != null) {
+            AppRun.writeError(out, "bad_input", new IllegalArgumentException(badExtra));
+            return;
+        }
         try {
             LaunchOptions options = LaunchOptions.fromExtras(extras);
             Map<String, Object> host = new LinkedHashMap<>();
