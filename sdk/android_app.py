@@ -208,7 +208,8 @@ def cmd_bench_app(args) -> int:
         check = r.get("self_check") or {}
         verdict = {True: "passed", False: "FAILED", None: "no tolerance"}[check.get("passed")]
         lowering = check.get("lowering") or {}
-        print(f"  self-check {r['name']}: {verdict} (max abs error vs the host {lowering.get('max_abs_err', float('nan')):.3g}"
+        error = lowering.get("max_abs_err", float("nan"))
+        print(f"  self-check {r['name']}: {verdict} (max abs error vs the host {error:.3g}"
               f"{', ' + '; '.join(check.get('failures') or []) if check.get('failures') else ''})")
     if args.json:
         from device_runtime.atomic import write_json

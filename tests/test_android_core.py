@@ -351,7 +351,8 @@ def write_spec_bundle(root: Path, kind: str) -> Path:
             "artifacts": [{"file": "artifacts/model.tflite", "entry": entry, "expected": "expected/model.tflite",
                            "tolerance": {"atol": 1e-4, "min_sqnr_db": None, "rtol": 1e-5, "min_cosine": None,
                                          "min_top1": None}}],
-            "samples": samples, "raw": raw, "labels": "labels.txt", **({"vocab": "vocab.txt"} if kind == "text" else {})}
+            "samples": samples, "raw": raw, "labels": "labels.txt",
+            **({"vocab": "vocab.txt"} if kind == "text" else {})}
     (root / "bundle.json").write_text(json.dumps(meta, indent=2))
     manifest = {"schema": MANIFEST_SCHEMA, "schema_version": MANIFEST_VERSION, "updated": meta["created"],
                 "model": {**model, "labels": labels}, "artifacts": {"model.tflite": entry}, "failed": []}
