@@ -38,7 +38,7 @@ import numpy as np
 
 from device_runtime import atomic
 from device_runtime.bundle import BEGIN, END, Bundle, open_bundle, read_outputs, run_artifact
-from device_runtime.errors import EXIT_PARITY, PocketformerError, UsageError
+from device_runtime.errors import EXIT_PARITY, PocketformerError
 
 SCHEMA = "pocketformer.device-verify/1"
 
@@ -72,8 +72,7 @@ def _run_local(bundle: Bundle, files, backend, threads):
 
 def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, ssh_key, ssh_options, adb,
                 timeout, note):
-    from device_runtime.remote.transport import (DeviceRuntimeMissingError, RemoteError, _explain_python_failure,
-                                                 _zip_package, make_transport)
+    from device_runtime.remote.transport import _zip_package, make_transport, run_framed
 
     transport = make_transport(device, ssh_key, ssh_options, adb)
     note(f"connecting to {transport.label}")
@@ -92,37 +91,13 @@ def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, 
             args = [*shlex.split(remote_python), "-m", "device_runtime.bundle", f"{workdir}/bundle.zip",
                     "--out", f"{workdir}/outputs.npz", *[a for f in files for a in ("--artifact", f)],
                     *(["--backend", backend] if backend else []), *(["--threads", str(threads)] if threads else [])]
-            command = (f"cd {shlex.quote(workdir)} && PYTHONPATH={shlex.quote(workdir + '/device_runtime.zip')} "
-                       + " ".join(shlex.quote(a) for a in args))
             note(f"running the bundle on {transport.label} with {remote_python}")
-            result = transport.run(command, timeout=timeout)
-            summary = _framed(result.stdout)
-            if summary is None:
-                _explain_python_failure(transport, result, remote_python)
-            if "error" in summary:
-                error = summary["error"]
-                message = f"on {transport.label}: {error.get('message')}"
-                if error.get("kind") == "runtime_missing":
-                    raise DeviceRuntimeMissingError(message)
-                if error.get("kind") == "bad_input":
-                    raise UsageError(message)
-                raise RemoteError(f"{message} ({error.get('type')})")
+            summary = run_framed(transport, workdir, remote_python, args, timeout, markers=(BEGIN, END))
             transport.pull(f"{workdir}/outputs.npz", tmp / "outputs.npz")
             outputs = read_outputs(tmp / "outputs.npz", bundle.output_names)
     finally:
         transport.cleanup(workdir)
     return outputs, summary["artifacts"], {**summary.get("machine", {}), "device": transport.label}
-
-
-def _framed(stdout: str) -> dict[str, Any] | None:
-    import json
-
-    if BEGIN not in stdout or END not in stdout:
-        return None
-    try:
-        return json.loads(stdout.split(BEGIN, 1)[1].split(END, 1)[0])
-    except json.JSONDecodeError:
-        return None
 
 
 def _latency(run_ms: Sequence[float]) -> dict[str, Any]:

@@ -359,11 +359,19 @@ def _python(transport: Transport, workdir: str, artifacts, names, feeds, runs, w
             *(["--profile-runs", str(profile_runs)] if profile_runs else [])]
     for name in names:
         args += ["--name", name]
-    command = (f"cd {shlex.quote(workdir)} && PYTHONPATH={shlex.quote(workdir + '/device_runtime.zip')} "
-               + " ".join(shlex.quote(a) for a in args + remote_args))
     note(f"running the benchmark on {transport.label} with {python}")
+    return run_framed(transport, workdir, python, args + remote_args, timeout)
+
+
+def run_framed(transport: Transport, workdir: str, python: str, args: Sequence[str], timeout: float | None,
+               markers: tuple[str, str] = (BEGIN, END)) -> dict:
+    """Run `args` (a device_runtime module under the device's `python`) in `workdir` with the pushed
+    `device_runtime.zip` on its path, and return the framed JSON it printed; a typed error when it failed
+    (the runtime missing on the device, bad input, or another remote error)."""
+    command = (f"cd {shlex.quote(workdir)} && PYTHONPATH={shlex.quote(workdir + '/device_runtime.zip')} "
+               + " ".join(shlex.quote(a) for a in args))
     result = transport.run(command, timeout=timeout)
-    document = _framed(result.stdout)
+    document = _framed(result.stdout, *markers)
     if document is None:
         _explain_python_failure(transport, result, python)
     if "error" in document:
@@ -377,10 +385,11 @@ def _python(transport: Transport, workdir: str, artifacts, names, feeds, runs, w
     return document
 
 
-def _framed(stdout: str) -> dict[str, Any] | None:
-    if BEGIN not in stdout or END not in stdout:
+def _framed(stdout: str, begin: str = BEGIN, end: str = END) -> dict[str, Any] | None:
+    """The JSON document a device-side module printed between its `begin` and `end` marker lines."""
+    if begin not in stdout or end not in stdout:
         return None
-    body = stdout.split(BEGIN, 1)[1].split(END, 1)[0]
+    body = stdout.split(begin, 1)[1].split(end, 1)[0]
     try:
         return json.loads(body)
     except json.JSONDecodeError:
