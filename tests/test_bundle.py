@@ -177,3 +177,14 @@ def test_bench_verify_in_the_same_trip(export, tmp_path, capsys):
     assert "p50 ms" in printed and "PASS" in printed
     (doc,) = [json.loads(p.read_text()) for p in out.parent.glob("device_verify-*.json")]
     assert doc["artifacts"][0]["vs_host"]["cosine"] == pytest.approx(1.0)
+
+
+def test_export_with_bundle_writes_a_bundle_that_verifies(tmp_path, capsys):
+    """`export --bundle B.zip`: the bundle of what was just exported, zipped, checked on load, and verified."""
+    target = tmp_path / "b.zip"
+    assert main(["export", "mobilevit_xxs", "--tiny", "--to", "onnx", "--out", str(tmp_path / "out"),
+                 "--bundle", str(target), "--quiet"]) == EXIT_OK
+    assert f"bundle: {target}" in capsys.readouterr().out and zipfile.is_zipfile(target)
+    with open_bundle(target) as b:
+        assert [a["file"] for a in b.artifacts] == ["artifacts/model.onnx"]
+    assert main(["verify", str(target), "--device", "local"]) == EXIT_OK
