@@ -10,7 +10,7 @@ Its module names differ from BERT's (`transformer.layer[i].attention.q_lin`, `ff
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from models_zoo.bert import BERT_BASE_VOCAB, BERT_TOLERANCES, BertSpec, init_bert_weights
 from models_zoo.errors import WeightsError
@@ -21,8 +21,13 @@ from models_zoo.spec import register_model
 # range drowns the rest (LiteRT int8-static measured 12.7 dB at 0.3, 17.3 dB at 0.2, 33.1 dB at 0.1).
 TINY_CONFIG = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_range=0.1)
 
-# DistilBERT tolerances: MEASURED_BELOW
-DISTILBERT_TOLERANCES = dict(BERT_TOLERANCES)
+# The BERT family's bounds, with a higher int8 SQNR floor: the tiny variant's two logits vary so little from
+# sentence to sentence that an artifact ignoring its input (the mean logits for every feed) scores 20.8 dB,
+# above BERT's 18 dB. Measured on the tiny variant (12 held-out feeds): int8-dynamic 38.9 dB (ExecuTorch), 42.7
+# (ONNX Runtime); int8-static 33.1 (LiteRT), 30.9 (ONNX QDQ); top-1 12/12 everywhere; so 25 dB. int4-weight:
+# 27.4 dB (LiteRT), 20.2 (ONNX), which on the tiny variant is no better than the input-ignoring artifact, so
+# its floor stays the family's 15 dB and only trained weights make that check bite.
+DISTILBERT_TOLERANCES = {**BERT_TOLERANCES, "int8": replace(BERT_TOLERANCES["int8"], min_sqnr_db=25.0)}
 
 
 @dataclass(frozen=True)

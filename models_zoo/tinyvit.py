@@ -20,7 +20,11 @@ from models_zoo.timm_vision import VISION_TOLERANCES, TimmVisionSpec
 TINY_ARGS = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2),
                  window_sizes=(2, 2, 2, 2))
 
-# TinyViT tolerances: MEASURED_BELOW
+# The vision families' bounds. int8 vs fp32, on the held-out photos: the tiny variant (its unit init) 18.1 dB
+# (ExecuTorch), 18.7 (LiteRT), 20.2 (ONNX Runtime), top-1 6/6, 6/6, 5/6; full-size tiny_vit_5m_224 (timm's init,
+# PT2E simulated) 20.4 dB, 4/6. An artifact that ignores its input (the mean logits for every photo) scores 6.3
+# dB on the tiny variant and 5.0 on the full size, so the 15 dB floor separates them. int4-weight: 14.3 dB,
+# top-1 3/6 (ExecuTorch, tiny), against the family floor of 12 dB and 0.5.
 TINYVIT_TOLERANCES = dict(VISION_TOLERANCES)
 
 
