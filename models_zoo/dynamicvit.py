@@ -28,10 +28,11 @@ PAPER_PRUNE_AT = (3, 6, 9)  # Sec. 4.1: "we insert the prediction module before 
 
 TINY_ARGS = dict(image_size=112, patch=16, dim=48, depth=4, heads=3, prune_at=(1, 2, 3))
 
-# Measured on the tiny variant (random init, the 6 held-out photos; see the closing note of issue 14): fp32
-# lowering error <= 2e-6 of the logit scale in every format, so the shared vision bounds hold. int8: the
-# quantized score MLP may rank near-tied tokens differently from fp32, so a few different tokens survive; the
-# SQNR floor is set by measurement in DYNAMICVIT_TOLERANCES below.
+# Measured on the tiny variant (random init, the 6 held-out photos): fp32 lowering error 2e-7..7e-7 in every
+# format, so the shared vision bounds hold. int8 vs fp32: ExecuTorch 24.8 dB, LiteRT 27.7, ONNX Runtime 24.0,
+# top-1 5/6..6/6; an input-ignoring artifact (the mean logits for every photo) scores 3-6 dB, so 12 dB. The
+# quantized scorer may rank near-tied tokens differently from fp32: a few different tokens survive, which these
+# figures include.
 DYNAMICVIT_TOLERANCES = {
     **VISION_TOLERANCES,
     "int8": replace(VISION_TOLERANCES["int8"], min_sqnr_db=12.0),

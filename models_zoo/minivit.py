@@ -23,6 +23,9 @@ from models_zoo.timm_vision import VISION_TOLERANCES
 TINY_ARGS = dict(patch=16, dim=96, depth=4, heads=3)
 TINY_IMAGE = 64
 
+# Measured on the tiny variant (random init, 6 held-out photos): fp32 lowering <= 2.4e-7 (pte); int8 vs fp32
+# LiteRT 35.1 dB, ONNX Runtime 33.3 dB, PT2E 33.4-33.8 dB, top-1 6/6; an input-ignoring artifact (the mean
+# logits for every photo) scores 1.7-3.1 dB. The shared vision bounds (int8 floor 15 dB) hold with margin.
 MINIVIT_TOLERANCES = dict(VISION_TOLERANCES)
 
 

@@ -41,6 +41,10 @@ TINY_BLOCKS = [("dw", 2, 8, 1, 0), ("dw", 4, 16, 2, 4), ("pw", 3, 16, 1, 3), ("d
 TINY_ARGS = dict(stem=8, blocks=TINY_BLOCKS, token_num=3, token_dim=32, head_dim=64)
 TINY_IMAGE = 64
 
+# Measured on the tiny variants (random init, 6 held-out photos): fp32 lowering <= 2e-7 (pte, tflite), so the
+# shared vision bounds hold. int8 vs fp32: ONNX Runtime 21.1 dB, PT2E 20.9 dB (151M tiny), 30.2 dB (26M tiny);
+# an input-ignoring artifact (the mean logits for every photo) scores 14.4 / 16.5 dB, so the floor is 15 dB
+# with top-1 >= 0.5 (the constant artifact agrees on 0-2 of 6 for 151M).
 MOBILEFORMER_TOLERANCES = {
     **VISION_TOLERANCES,
     "int8": replace(VISION_TOLERANCES["int8"], min_sqnr_db=15.0),
