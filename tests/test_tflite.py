@@ -93,7 +93,15 @@ def test_int8_family_recipe(export_tiny, model):
         assert result.details["route"].startswith("litert-torch PT2E")
         assert result.parity["reference"] == "int8-static PyTorch (simulated)"
         assert result.details["io"] == "float" and result.details["float_io"]["inputs"]
-        assert result.details["xnnpack"]["not_delegated_ops"] <= 0.1 * result.details["ops"]
+        if spec.family == "dynamicvit":
+            # Token selection is data-dependent by design (top-k, a gather and its index arithmetic), and XNNPACK
+            # has no int8 GELU: measured 46 of 396 ops outside, all of these kinds; anything else is a regression.
+            expected = {"TOPK_V2", "GATHER_ND", "SELECT_V2", "LESS", "ADD", "BROADCAST_TO", "RESHAPE",
+                        "CONCATENATION", "GELU", "QUANTIZE", "DEQUANTIZE"}
+            assert set(result.details["xnnpack"]["not_delegated"]) <= expected, result.details["xnnpack"]
+            assert result.details["xnnpack"]["not_delegated_ops"] <= 0.15 * result.details["ops"]
+        else:
+            assert result.details["xnnpack"]["not_delegated_ops"] <= 0.1 * result.details["ops"]
     else:
         assert "dynamic-range" in result.details["route"]
         assert result.details["xnnpack"]["partitions"] == 1  # XNNPACK takes every FULLY_CONNECTED
