@@ -25,9 +25,11 @@ TINY_CONFIG = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, initializer_ran
 # sentence to sentence that an artifact ignoring its input (the mean logits for every feed) scores 20.8 dB,
 # above BERT's 18 dB. Measured on the tiny variant (12 held-out feeds): int8-dynamic 38.9 dB (ExecuTorch), 42.7
 # (ONNX Runtime); int8-static 33.1 (LiteRT), 30.9 (ONNX QDQ); top-1 12/12 everywhere; so 25 dB. int4-weight:
-# 27.4 dB (LiteRT), 20.2 (ONNX), which on the tiny variant is no better than the input-ignoring artifact, so
-# its floor stays the family's 15 dB and only trained weights make that check bite.
-DISTILBERT_TOLERANCES = {**BERT_TOLERANCES, "int8": replace(BERT_TOLERANCES["int8"], min_sqnr_db=25.0)}
+# 27.4 dB (LiteRT), 20.2 (ONNX): the ONNX figure is no better than the input-ignoring artifact (20.8 dB), so the
+# int4 floor is 22 dB, which that artifact misses; tiny ONNX int4 then fails verification, rightly: on these
+# random weights it cannot be told from an artifact that ignores its input.
+DISTILBERT_TOLERANCES = {**BERT_TOLERANCES, "int8": replace(BERT_TOLERANCES["int8"], min_sqnr_db=25.0),
+                         "int4-weight": replace(BERT_TOLERANCES["int4-weight"], min_sqnr_db=22.0)}
 
 
 @dataclass(frozen=True)

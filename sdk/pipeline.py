@@ -309,9 +309,6 @@ def export_lengths(model: str | ModelSpec, formats: Sequence[str] | str, precisi
                    calibration: str | Path | None, progress: Progress | None, **options: Any) -> list:
     """As `export`, at every length of `seq_lens` (see the module docstring)."""
     progress = progress or Progress(enabled=False)
-    base = _spec(model, tiny, None)
-    if not hasattr(base, "with_seq_len"):
-        raise UsageError(f"{base.name} has no sequence length: --seq-lens is for the BERT family")
     formats = [formats] if isinstance(formats, str) else list(formats)
     results = []
     # A format whose converter takes the lengths itself (Core ML: enumerated shapes, or a range) exports them so.
@@ -323,6 +320,9 @@ def export_lengths(model: str | ModelSpec, formats: Sequence[str] | str, precisi
         formats = [f for f in formats if f not in own]
         if not formats:
             return results
+    base = _spec(model, tiny, None)
+    if not hasattr(base, "with_seq_len"):
+        raise UsageError(f"{base.name} has no sequence length: --seq-lens is for the BERT family")
     lengths = parse_lengths(seq_lens)
     specs = {length: base.with_seq_len(length) for length in lengths}
     suffix = "-seqs" + "-".join(map(str, lengths))

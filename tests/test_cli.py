@@ -57,7 +57,7 @@ def test_run_a_bert_model_on_text(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["export", "mobilevit_xxxl", "--to", "pte"], EXIT_BAD_INPUT, "known models: efficientformer_l1"),
+    (["export", "mobilevit_xxxl", "--to", "pte"], EXIT_BAD_INPUT, "known models: deit_base_distilled_patch16_224"),
     (["export", "mobilevit_xxs", "--to", "docx"], EXIT_BAD_INPUT, "unknown format 'docx'"),
     (["export", "mobilevit_xxs", "--tiny", "--to", "pte", "--weights", "/nonexistent/w.safetensors"],
      EXIT_BAD_INPUT, "weights file not found"),
