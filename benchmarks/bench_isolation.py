@@ -1,6 +1,8 @@
 """Shared process vs a process per artifact: what measuring several runtimes in one process does to their figures.
 
     .venv/bin/python benchmarks/bench_isolation.py --model mobilevit_xxs --formats pte tflite onnx --runs 50
+    .venv/bin/python benchmarks/bench_isolation.py --phase export --out /tmp/iso   # exports: a busy machine will do
+    .venv/bin/python benchmarks/bench_isolation.py --phase time --out /tmp/iso     # timing: a quiet one only
 
 Exports the model (fp32 and int8) to each format, then benchmarks the same artifacts twice, interleaved both
 times: all in this one process (`device_runtime.measure.benchmark_artifacts`, what `bench` and `tune` did before)
@@ -14,10 +16,14 @@ the per-process bench is the fastest by the raw loop. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+EXPORTS_FILE = "isolation_exports.json"  # --phase export's artifact list, which --phase time reads
 
 # A fresh process timing one artifact through its runtime's own API: what an app on the device would do.
 RAW_LOOP = r"""
@@ -75,7 +81,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", help="keep the exports here (default: a temporary folder)")
+    parser.add_argument("--phase", choices=("all", "export", "time"), default="all",
+                        help="export (a busy machine will do) writes OUT/" + EXPORTS_FILE + "; time reads it and "
+                             "measures (quiet machine); both need --out")
     args = parser.parse_args()
+    if args.phase != "all" and not args.out:
+        parser.error("--phase export/time needs --out")
 
     from device_runtime.isolated import benchmark_isolated
     from device_runtime.measure import benchmark_artifacts
@@ -85,11 +97,21 @@ def main() -> None:
 
     from models_zoo import get_model
 
-    with tempfile.TemporaryDirectory(prefix="pf-isolation-") as out:
-        paths = []
-        for precision in args.precisions:
-            for result in export(args.model, args.formats, precision, out_dir=out, tiny=args.tiny):
-                paths.append(str(result.path))
+    with contextlib.ExitStack() as stack:
+        out = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-isolation-"))
+        listing = Path(out) / EXPORTS_FILE
+        if args.phase == "time":
+            paths = json.loads(listing.read_text())["paths"]
+        else:
+            paths = []
+            for precision in args.precisions:
+                for result in export(args.model, args.formats, precision, out_dir=out, tiny=args.tiny):
+                    paths.append(str(result.path))
+            Path(out).mkdir(parents=True, exist_ok=True)
+            listing.write_text(json.dumps({"model": args.model, "tiny": args.tiny, "paths": paths}, indent=1))
+            if args.phase == "export":
+                print(f"exported: {listing}; now, on a quiet machine: --phase time --out {out}")
+                return
         feed = get_model(args.model, tiny=args.tiny).sample_inputs()[0]
         feed_file = f"{out}/feed.npz"
         np.savez(feed_file, **feed)

@@ -1,6 +1,8 @@
 """Serving benchmarks (issue: serving runtime), figures and goals in one run. Run on a quiet machine:
 
     .venv/bin/python benchmarks/bench_serving.py --threads 2 [--out /tmp/serving] [--quick]
+    .venv/bin/python benchmarks/bench_serving.py --sections text --phase export --out /tmp/serving  # busy is fine
+    .venv/bin/python benchmarks/bench_serving.py --sections text --phase time --out /tmp/serving    # quiet only
 
 1. Text (TinyBERT-4L at random init, and all-MiniLM-L6-v2 with its real weights), the standard library's
    docstring sentences, closed loop: sentences/s of bucketed (16,32,64,128) and of packed+batched (128x16)
@@ -42,13 +44,36 @@ def export_text(model: str, fmt: str, precision: str, out: Path, tiny: bool) -> 
     return paths
 
 
+TEXT_ROWS = [("tinybert_4l_312d", "pte", "fp32"), ("tinybert_4l_312d", "pte", "int8"),
+             ("minilm_l6_h384", "pte", "fp32"), ("tinybert_4l_312d", "tflite", "fp32"),
+             ("tinybert_4l_312d", "tflite", "int8"), ("minilm_l6_h384", "tflite", "fp32")]
+TEXT_EXPORTS = "serving_text_exports.json"  # --phase export's paths, which --phase time reads
+
+
+def text_exports(args, out: Path) -> dict[str, dict[str, Path]]:
+    """{"model fmt precision": {"fixed"|"bucketed"|"packed": path}}: exported now, or read back for --phase time."""
+    listing = out / TEXT_EXPORTS
+    if args.phase == "time":
+        if not listing.exists():
+            raise SystemExit(f"{listing} not found: run --phase export --out {out} first")
+        return {k: {c: Path(v) for c, v in paths.items()} for k, paths in json.loads(listing.read_text()).items()}
+    found = {}
+    for model, fmt, precision in TEXT_ROWS:
+        found[f"{model} {fmt} {precision}"] = export_text(model, fmt, precision, out, args.quick)
+        listing.write_text(json.dumps({k: {c: str(v) for c, v in paths.items()} for k, paths in found.items()},
+                                      indent=1))
+    return found
+
+
 def text_section(args, out: Path) -> list[dict]:
     from sdk.serve_bench import format_serve_bench, serve_bench
 
     rows = []
-    for model, fmt, precision in [("tinybert_4l_312d", "pte", "fp32"), ("tinybert_4l_312d", "pte", "int8"),
-                                  ("minilm_l6_h384", "pte", "fp32"), ("tinybert_4l_312d", "tflite", "fp32")]:
-        paths = export_text(model, fmt, precision, out, args.quick)
+    exported = text_exports(args, out)
+    if args.phase == "export":
+        return rows
+    for key, paths in exported.items():
+        model, fmt, precision = key.split()
         document = serve_bench(paths["fixed"], count=args.sentences, concurrency=8, threads=args.threads,
                                max_delay_ms=5.0)
         print(format_serve_bench(document))
@@ -73,6 +98,7 @@ def packed_equality(model: str, packed_path: Path, tiny: bool) -> dict:
     import torch
 
     import device_runtime
+    from converters.parity import compare
     from device_runtime import PackedRunner
     from models_zoo import get_model
 
@@ -85,8 +111,9 @@ def packed_equality(model: str, packed_path: Path, tiny: bool) -> dict:
         for feed, g in zip(feeds, got):
             real = int(feed["attention_mask"].sum())
             alone = module(*(torch.from_numpy(feed[n][:, :real]) for n in spec.input_names)).numpy()
-            worst = max(worst, float(np.abs(alone - g).max()))
-            cosine = min(cosine, float((alone * g).sum() / np.linalg.norm(alone) / np.linalg.norm(g)))
+            figures = compare([[alone]], [[g]])  # per sentence: the goal is each sentence's, not the mean's
+            worst = max(worst, figures["max_abs_err"])
+            cosine = min(cosine, figures["cosine"])
     atol = spec.tolerance("fp32").atol
     return {"max_abs": worst, "min_cosine": cosine, "atol": atol, "met": cosine >= 0.9999 and worst <= atol}
 
@@ -194,6 +221,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models and fewer runs (checks the script works)")
     parser.add_argument("--sections", default="text,vision,concurrency")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--phase", choices=("all", "export", "time"), default="all",
+                        help="text section only: export (a busy machine will do) writes OUT/" + TEXT_EXPORTS
+                             + "; time reads it and measures (quiet machine); all: both")
     args = parser.parse_args()
     if args.quick:
         args.sentences, args.runs_per_thread = min(args.sentences, 48), min(args.runs_per_thread, 50)
