@@ -72,50 +72,70 @@ def text_section(args, out: Path) -> list[dict]:
     exported = text_exports(args, out)
     if args.phase == "export":
         return rows
+    concurrencies = [int(c) for c in str(args.concurrency).split(",")]
     for key, paths in exported.items():
         model, fmt, precision = key.split()
-        document = serve_bench(paths["fixed"], count=args.sentences, concurrency=8, threads=args.threads,
-                               max_delay_ms=5.0)
-        print(format_serve_bench(document))
-        by = {r["config"]: r for r in document["results"]}
-        best = max(by["bucketed"]["sentences_per_s"], by["packed+batched"]["sentences_per_s"])
-        ratio = best / by["fixed"]["sentences_per_s"]
         size_ratio = paths["bucketed"].stat().st_size / paths["fixed"].stat().st_size
-        equality = packed_equality(model, paths["packed"], args.quick) if precision == "fp32" else None
-        row = {"model": model, "format": fmt, "precision": precision, "serve": document,
-               "best_vs_fixed": ratio, "multi_length_size_ratio": size_ratio, "packed_equality": equality}
-        print(f"  GOAL sentences/s (best of bucketed, packed+batched) >= 4x fixed-128: {ratio:.2f}x "
-              f"{'MET' if ratio >= 4 else 'MISSED'}")
+        equality = packed_equality(model, paths["packed"], args.quick, precision)
+        row = {"model": model, "format": fmt, "precision": precision, "multi_length_size_ratio": size_ratio,
+               "packed_equality": equality, "serve": {}, "best_vs_fixed": {}}
+        # closed loop: `concurrency` clients each wait for their answer, so at most that many sentences are
+        # queued at once; packing fills a 128-token row (about 6 docstring sentences) only when enough wait.
+        for concurrency in concurrencies:
+            document = serve_bench(paths["fixed"], count=args.sentences, concurrency=concurrency,
+                                   threads=args.threads, max_delay_ms=5.0)
+            print(format_serve_bench(document))
+            by = {r["config"]: r for r in document["results"]}
+            best = max(by["bucketed"]["sentences_per_s"], by["packed+batched"]["sentences_per_s"])
+            ratio = best / by["fixed"]["sentences_per_s"]
+            row["serve"][concurrency], row["best_vs_fixed"][concurrency] = document, ratio
+            print(f"  GOAL {model} {fmt} {precision}, {concurrency} clients: sentences/s (best of bucketed, "
+                  f"packed+batched) >= 4x fixed-128: {ratio:.2f}x {'MET' if ratio >= 4 else 'MISSED'}")
         print(f"  GOAL multi-length file <= 1.15x single: {size_ratio:.3f}x {'MET' if size_ratio <= 1.15 else 'MISSED'}")
-        if equality:
-            print(f"  GOAL packed == alone (cosine >= 0.9999, max abs <= atol): cosine {equality['min_cosine']:.7f}, "
-                  f"max abs {equality['max_abs']:.2g} {'MET' if equality['met'] else 'MISSED'}")
+        print(f"  GOAL packed == alone ({equality['against']}; cosine >= {equality['cosine_goal']}, max abs <= "
+              f"{equality['atol']:.2g}): "
+              f"cosine {equality['min_cosine']:.7f}, max abs {equality['max_abs']:.2g} "
+              f"{'MET' if equality['met'] else 'MISSED'}")
         rows.append(row)
     return rows
 
 
-def packed_equality(model: str, packed_path: Path, tiny: bool) -> dict:
-    import torch
-
+def packed_equality(model: str, packed_path: Path, tiny: bool, precision: str) -> dict:
+    """Each sentence's packed output against the sentence alone, per sentence: fp32 against unpadded eager
+    PyTorch, int8 against the same artifact run unpacked (one sentence a row: its quantization is its own)."""
     import device_runtime
-    from converters.parity import compare
+    from converters.parity import compare, error_bound
     from device_runtime import PackedRunner
+    from device_runtime.packing import pack, unpack
     from models_zoo import get_model
 
     spec = get_model(model, tiny=tiny)
     feeds = spec.sample_inputs()
-    module = spec.build()
-    got = [o[0] for o in PackedRunner(device_runtime.load(packed_path)).run(feeds)]
-    worst, cosine = 0.0, 1.0
-    with torch.no_grad():
-        for feed, g in zip(feeds, got):
-            real = int(feed["attention_mask"].sum())
-            alone = module(*(torch.from_numpy(feed[n][:, :real]) for n in spec.input_names)).numpy()
-            figures = compare([[alone]], [[g]])  # per sentence: the goal is each sentence's, not the mean's
-            worst = max(worst, figures["max_abs_err"])
-            cosine = min(cosine, figures["cosine"])
-    atol = spec.tolerance("fp32").atol
-    return {"max_abs": worst, "min_cosine": cosine, "atol": atol, "met": cosine >= 0.9999 and worst <= atol}
+    session = device_runtime.load(packed_path)
+    runner = PackedRunner(session)
+    got = [o[0] for o in runner.run(feeds)]
+    if precision == "fp32":
+        import torch
+
+        module = spec.build()
+        with torch.no_grad():
+            alone = [module(*(torch.from_numpy(f[n][:, :int(f["attention_mask"].sum())]) for n in spec.input_names))
+                     .numpy() for f in feeds]
+        against = "unpadded eager PyTorch"
+    else:
+        rows = pack(feeds, runner.capacity, 1)
+        alone = unpack(rows, [session.run(None, r.arrays)[0] for r in rows], len(feeds))
+        against = "the same artifact, one sentence a row"
+    worst, cosine, atol = 0.0, 1.0, 0.0
+    for a, g in zip(alone, got):
+        figures = compare([[a]], [[g]])  # per sentence: the goal is each sentence's, not the mean's
+        worst, cosine = max(worst, figures["max_abs_err"]), min(cosine, figures["cosine"])
+        atol = max(atol, error_bound(spec.tolerance(precision), figures))
+    # int8 dynamic quantization scales each call's activations by that call's range, and a packed row's range
+    # is its sentences' together: equal within the model's int8 bound (and cosine 0.999), not to the last bit.
+    min_cosine = 0.9999 if precision == "fp32" else 0.999
+    return {"against": against, "max_abs": worst, "min_cosine": cosine, "atol": atol, "cosine_goal": min_cosine,
+            "met": cosine >= min_cosine and worst <= atol}
 
 
 def vision_section(args, out: Path) -> dict:
@@ -217,6 +237,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="/tmp/pf-bench-serving")
     parser.add_argument("--sentences", type=int, default=400)
+    parser.add_argument("--concurrency", default="8,32", help="closed-loop clients, one run each (comma list)")
     parser.add_argument("--runs-per-thread", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny models and fewer runs (checks the script works)")
     parser.add_argument("--sections", default="text,vision,concurrency")
