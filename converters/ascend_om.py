@@ -5,6 +5,10 @@
    profile sets: the BERT family's sequence lengths (`--dynamic_dims`) or batch sizes (`--dynamic_batch_size`).
    The ONNX is checked (`onnx.checker`) and run on ONNX Runtime against PyTorch on the real sample inputs, at
    every profile, before anything else: what goes into ATC is verified, even where the `.om` cannot be.
+   `export --seq-lens 16,32,64,128` (the `seq_lens` option) makes one ONNX with a dynamic sequence axis and one
+   `.om` with a `--dynamic_dims` profile per length (`model-seq16_32_64_128.om`, beside the single-length
+   `model.om`); its manifest entry lists the lengths (`details.buckets`) and `device_runtime` routes each request
+   to the smallest profile that fits (pyACL `aclmdlSetInputDynamicDims`, ais_bench's "dymdims" mode).
 2. Pre-check. Every node is looked up the way ATC's parser does it (`ai.onnx::<opset>::<op>`) in
    `converters/data/atc_onnx_ops.json` (from the CANN operator list; sources named in the file). Operators ATC
    has no parser for are listed, with a rewrite where one is known, before ATC runs: the E19010 ("No parser is
@@ -99,14 +103,24 @@ class AscendOmConverter(Converter):
                                                            "(or ATC's own 'a,b;c,d' profile syntax)", metavar="LENS")
         dynamic_batch_size: Sequence | str | None = option(None, "batch sizes to compile, e.g. 1,2,4,8",
                                                            metavar="SIZES")
+        # `export --seq-lens` (the pipeline hands the lengths to a converter that declares this field): one .om
+        # whose --dynamic_dims profiles are these lengths, shared by every token input.
+        seq_lens: str | None = option(None, "BERT family: sequence lengths compiled into one .om as ATC "
+                                            "--dynamic_dims profiles (2..100 of them), e.g. 16,32,64,128",
+                                      metavar="N,N,...")
         atc_script: bool = option(False, "write a folder (ONNX, atc.sh, AIPP config, README) to run on a CANN host "
                                          "instead of running atc here")
         atc_log: str | None = option(None, f"ATC --log level: {', '.join(LOG_LEVELS)} (default error)",
                                      metavar="LEVEL")
 
     # -- capability --------------------------------------------------------------------------------
-    def artifact_name(self, atc_script: bool = False, **_) -> str:
-        return "model.atc" if atc_script else "model.om"
+    def artifact_name(self, atc_script: bool = False, seq_lens: str | None = None, **_) -> str:
+        # Several lengths in one .om sit beside the single-length one in <precision>/ (as Core ML's do).
+        try:
+            stem = "model" + (f"-seq{'_'.join(map(str, _seq_lens(seq_lens)))}" if seq_lens else "")
+        except AtcOptionError:
+            stem = "model"  # `plan` refuses it, with the reason
+        return stem + (".atc" if atc_script else ".om")
 
     def verify_reason(self, atc_script: bool = False, aipp: bool = False, **_) -> str | None:
         if atc_script:
@@ -146,7 +160,7 @@ class AscendOmConverter(Converter):
 
     def plan(self, spec, precision: str, soc_version: str | None = None, opset: int | None = None,
              precision_mode: str | None = None, aipp: bool = False, dynamic_dims=None, dynamic_batch_size=None,
-             atc_log: str | None = None, **_) -> AtcPlan:
+             atc_log: str | None = None, seq_lens: str | Sequence[int] | None = None, **_) -> AtcPlan:
         """Every option resolved and checked against the model, before any slow work."""
         if precision not in self.precisions:
             raise UnsupportedError(f"om does not support precision {precision} "
@@ -165,6 +179,15 @@ class AscendOmConverter(Converter):
                                     "use --precision fp32" if computes == "fp32" else
                                     "bf16 modes have no Pocketformer precision yet"))
         image = _is_image(spec)
+        if seq_lens:
+            if dynamic_dims:
+                raise AtcOptionError("--seq-lens and --dynamic-dims both set the sequence profiles: give one")
+            dynamic_dims = list(_seq_lens(seq_lens))
+            base = getattr(spec, "seq_len", None)
+            if base and dynamic_dims[-1] < base:
+                raise AtcOptionError(f"--seq-lens {','.join(map(str, dynamic_dims))} stops below {spec.name}'s own "
+                                     f"sequence length {base}, the length of the samples it is verified on: "
+                                     f"add {base}")
         # "32,64,128" or [32, 64, 128]: sequence lengths, one profile each, shared by every token input.
         # "a,b,c;d,e,f" or [[a, b, c], [d, e, f]]: ATC's own profiles, one value per -1 axis.
         dims_are_seq_lens = (isinstance(dynamic_dims, str) and ";" not in dynamic_dims) or (
@@ -211,6 +234,11 @@ class AscendOmConverter(Converter):
             report = precheck(model)
             details: dict[str, Any] = {"atc_onnx": {**export, "precheck": report.to_dict(),
                                                     "nodes": len(model.graph.node)}}
+            lengths = seq_lengths(plan)
+            if lengths:
+                # What device_runtime routes to (and serve-bench, bundles, the app read): one .om, a profile per
+                # length, chosen per run (pyACL: aclmdlSetInputDynamicDims; ais_bench: mode "dymdims").
+                details["buckets"] = {"lengths": lengths, "entry_points": "ATC --dynamic_dims profiles of one .om"}
             if not report.passed:
                 listed = "\n  ".join(u.describe() for u in report.unsupported)
                 raise UnsupportedOperatorError(
@@ -306,6 +334,25 @@ class AscendOmConverter(Converter):
             raise ConversionError(f"the ATC-ready ONNX of {spec.name} differs from PyTorch on ONNX Runtime by "
                                   f"{worst:.3g} > {tolerance:g}: {results}")
         return results
+
+
+def _seq_lens(value: str | Sequence[int]) -> tuple[int, ...]:
+    """`--seq-lens` for ATC: distinct lengths, ascending (ATC compiles a fixed set of profiles, not a range)."""
+    if isinstance(value, str) and "-" in value:
+        raise AtcOptionError(f"--seq-lens {value}: ATC compiles a fixed set of profiles (--dynamic_dims), not a "
+                             f"range; list the lengths, e.g. 16,32,64,128")
+    lengths = tuple(sorted(set(parse_int_list(value, "--seq-lens"))))
+    if not lengths:
+        raise AtcOptionError("--seq-lens lists no lengths (e.g. 16,32,64,128)")
+    if lengths[0] < 2:
+        raise AtcOptionError(f"a sequence length must be at least 2 ([CLS] and [SEP]), got {lengths[0]}")
+    return lengths
+
+
+def seq_lengths(plan: AtcPlan) -> list[int]:
+    """The sequence lengths a plan compiles as profiles (one per profile), or [] when its profiles are not
+    sequence lengths (ATC's own 'a,b;c,d' syntax, batch sizes, static shapes)."""
+    return sorted(p[0] for p in plan.dynamic_dims) if plan.dims_are_seq_lens else []
 
 
 def _spread(values: Sequence[int], n: int) -> list[int]:

@@ -56,6 +56,10 @@ echo "wrote $(pwd)/model.om"
                  f"({details['amct']['calibration_samples']} real samples) |") if precision == "int8-static" else ""
     n_ops = len(details["atc_onnx"]["precheck"]["ops"])
     where = " and every checked profile" if "profiles" in parity else ""
+    lengths = (details.get("buckets") or {}).get("lengths")
+    profiles_note = (f"- Sequence lengths, one `--dynamic_dims` profile each in the one `model.om`: "
+                     f"{', '.join(map(str, lengths))}; Pocketformer's runtime pads each request to the smallest that "
+                     f"fits and selects that profile.\n" if lengths else "")
     tradeoff = ("fp16 where the AI Core lacks an fp32 kernel: fast, ~1e-3 relative error"
                 if PRECISION_MODES[plan.precision_mode] == "fp16" else
                 "keeps fp32 everywhere: exact but slower, and fails to compile where the SoC has no fp32 kernel, "
@@ -77,7 +81,7 @@ Command:
     {command}
 
 - Inputs: {shapes} (`-1` = chosen per run among the compiled profiles).
-- Operator pre-check against ATC's ONNX operator table: passed ({n_ops} operator types).
+{profiles_note}- Operator pre-check against ATC's ONNX operator table: passed ({n_ops} operator types).
 - The ONNX matches PyTorch on ONNX Runtime: max abs error {parity['max_abs_err']:.2g} on the real samples{where}.
 - Precision: {int8_note}`--precision_mode={plan.precision_mode}` ({tradeoff}).
 {aipp_note}

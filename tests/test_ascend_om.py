@@ -112,6 +112,58 @@ def test_bert_sequence_profiles(built, tmp_path):
     assert max(p["max_abs_err"] for p in profiles) <= spec.tolerance("fp32").atol
 
 
+SEQ_LENS = (16, 32, 64, 128)
+
+
+def test_pipeline_seq_lens_write_one_atc_command_with_a_profile_per_length(no_cann, tmp_path):
+    """`export --seq-lens` for Ascend: one ATC-ready ONNX with a dynamic sequence axis that passes the pre-check
+    and matches PyTorch at every length, one atc command with a --dynamic_dims profile per length, and the
+    manifest entry listing the lengths (what device_runtime routes by)."""
+    from sdk.pipeline import export
+
+    [result] = export(BERT, "om", "fp16", out_dir=tmp_path, tiny=True, seq_lens=",".join(map(str, SEQ_LENS)),
+                      atc_script=True, soc_version=SOC)
+    folder = result.path
+    assert folder.name == "model-seq16_32_64_128.atc" and folder.parent.name == "fp16"  # beside model.atc
+    argv = json.loads((folder / "atc_job.json").read_text())["atc_argv"]
+    assert argv == ["atc", "--framework=5", "--model=model.onnx", "--output=model", f"--soc_version={SOC}",
+                    "--input_shape=input_ids:1,-1;attention_mask:1,-1;token_type_ids:1,-1", "--input_format=ND",
+                    "--precision_mode=allow_fp32_to_fp16", "--log=error",
+                    "--dynamic_dims=16,16,16;32,32,32;64,64,64;128,128,128"]
+    assert "--dynamic_dims=16,16,16;32,32,32;64,64,64;128,128,128" in (folder / "atc.sh").read_text()
+    assert "16, 32, 64, 128" in (folder / "README.md").read_text()
+    exported = onnx.load(str(folder / "model.onnx"))
+    onnx.checker.check_model(exported, full_check=True)
+    for graph_input in exported.graph.input:  # the sequence axis is symbolic, the batch axis fixed
+        batch, sequence = graph_input.type.tensor_type.shape.dim
+        assert batch.dim_value == 1 and sequence.dim_param and not sequence.dim_value, graph_input
+    info = result.details["atc_onnx"]
+    assert info["precheck"]["passed"] and info["opset"] == 11, info["precheck"]["unsupported"]
+    assert precheck(exported).passed
+    assert [p["sequence"] for p in info["parity"]["profiles"]] == list(SEQ_LENS)
+    assert info["parity"]["max_abs_err"] <= get_model(BERT, tiny=True).tolerance("fp32").atol
+    report = json.loads((folder.parent / "report.json").read_text())
+    entry = report["artifacts"][folder.name]
+    assert entry["details"]["buckets"]["lengths"] == list(SEQ_LENS) and entry["options"]["seq_lens"]
+    assert entry["parity"]["passed"] is None and result.passed is None  # nothing ran an .om here
+
+
+def test_seq_lens_with_atc_on_path_runs_it_once(built, tmp_path, monkeypatch):
+    argv_file = tmp_path / "argv"
+    om = _fake_om(tmp_path / "fake.om")
+    _fake_atc(tmp_path / "bin", f'echo "$@" >> {argv_file}\nfor a in "$@"; do case $a in --output=*) '
+                                f'cp {om} "${{a#--output=}}.om";; esac; done\nexit 0\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    module, spec, feeds = built(BERT)
+    assert CONVERTER.artifact_name(seq_lens="32,64") == "model-seq32_64.om"
+    conversion = CONVERTER.convert(module, spec, "fp16", feeds, tmp_path / "out" / "model-seq32_64.om",
+                                   soc_version=SOC, seq_lens="32,64")
+    [call] = argv_file.read_text().splitlines()  # one atc run for every length
+    assert "--dynamic_dims=32,32,32;64,64,64" in call and "--input_format=ND" in call
+    assert conversion.path.read_bytes() == om.read_bytes() and conversion.details["atc"]["ran"]
+    assert conversion.details["buckets"]["lengths"] == [32, 64]
+
+
 def test_vision_batch_profiles_and_aipp(built, tmp_path):
     module, spec, feeds = built(VISION)
     folder = tmp_path / "m.atc"
@@ -302,6 +354,10 @@ def test_command_builder_refuses_invalid_combinations(kwargs, message):
     (VISION, dict(opset=19), "opset 19"),
     (VISION, dict(precision_mode="force_fp16"), "--precision is fp32"),  # fp32 label, fp16 arithmetic
     (VISION, dict(dynamic_batch_size="4"), "2..100"),
+    (BERT, dict(seq_lens="16-128"), "not a range"),
+    (BERT, dict(seq_lens="16,32", dynamic_dims="16,32"), "give one"),
+    (BERT, dict(seq_lens="8,16"), "add 32"),  # the tiny variant's samples are 32 tokens
+    (BERT, dict(seq_lens="32"), "2..100"),  # one length is a static shape
 ])
 def test_invalid_options_refused_before_anything_runs(built, model, options, message, tmp_path, monkeypatch):
     calls = tmp_path / "atc_calls"
@@ -585,6 +641,7 @@ class _FakeAcl(types.ModuleType):
         self.util = ns(bytes_to_ptr=bytes_to_ptr, ptr_to_bytes=lambda h, size: bytes(mem[h][:size]))
         dims = ({"name": "t", "dimCount": 2, "dims": [1, 4]}, 0)
         self.mdl = ns(load_from_file=lambda p: (7, 0), unload=lambda m: 0, create_desc=lambda: "desc",
+                      get_input_index_by_name=lambda d, name: (0, ACL_ERROR_NOT_FOUND),
                       destroy_desc=lambda d: 0, get_desc=lambda d, m: 0, get_num_inputs=lambda d: 1,
                       get_num_outputs=lambda d: 1, get_input_name_by_index=lambda d, i: "x",
                       get_output_name_by_index=lambda d, i: "y", get_input_dims=lambda d, i: dims,
@@ -608,3 +665,153 @@ def test_acl_adapter_with_a_stand_in(tmp_path, monkeypatch):
     np.testing.assert_array_equal(session.run(None, [x])[0], x + 1)
     assert fake.calls == ["execute"]
     session.close()
+
+
+ACL_ERROR_NOT_FOUND = 100000  # what a stand-in returns for a name the model lacks (any non-zero code)
+
+
+class _FakeAclProfiles(types.ModuleType):
+    """Stands in for pyACL with a --dynamic_dims model from `export --seq-lens 8,16`, in host memory: inputs
+    input_ids and attention_mask int64[1,-1] (plus ATC's profile input, last), outputs `tokens` float32[1,-1]
+    (ids * mask) and `total` float32[1,1]. Buffers are sized for the largest profile, as ACL sizes them. Not an
+    NPU: it checks that each run sets a compiled profile before it executes, and reads outputs at that profile."""
+
+    GEARS = ((1, 8, 1, 8), (1, 16, 1, 16))
+
+    def __init__(self):
+        super().__init__("acl")
+        mem: dict[int, bytearray] = {}
+        counter = iter(range(1000, 10**6))
+        self.calls: list = []
+        current: dict = {}
+
+        def alloc(size, *_):
+            handle = next(counter)
+            mem[handle] = bytearray(size)
+            return handle, 0
+
+        def memcpy(dst, dst_size, src, src_size, kind):
+            assert src_size <= dst_size
+            mem[dst][:src_size] = mem[src][:src_size]
+            return 0
+
+        def set_dims(model_id, dataset, index, dims):
+            assert index == 2 and dims["dimCount"] == len(dims["dims"]) == 4
+            assert tuple(dims["dims"]) in self.GEARS, dims
+            current["dims"] = tuple(dims["dims"])
+            self.calls.append(("set_input_dynamic_dims", dims["dims"]))
+            return 0
+
+        def execute(model_id, in_ds, out_ds):
+            length = current.pop("dims")[1]  # a run without a profile set fails here
+            self.calls.append(("execute", length))
+            ids = np.frombuffer(bytes(mem[in_ds[0]][:8 * length]), np.int64)
+            mask = np.frombuffer(bytes(mem[in_ds[1]][:8 * length]), np.int64)
+            tokens = (ids * mask).astype(np.float32)
+            mem[out_ds[0]][:4 * length] = tokens.tobytes()
+            mem[out_ds[1]][:4] = np.float32(tokens.sum()).tobytes()
+            current["out"] = length
+            return 0
+
+        def bytes_to_ptr(raw):
+            handle = next(counter)
+            mem[handle] = bytearray(raw)
+            return handle
+
+        names = ["input_ids", "attention_mask", "ascend_mbatch_shape_data"]
+        in_dims = [[1, -1], [1, -1], [2]]
+        out_names, out_dims = ["tokens", "total"], [[1, -1], [1, 1]]
+
+        def dims_of(shape):
+            return {"name": "", "dimCount": len(shape), "dims": list(shape)}, 0
+
+        ns = types.SimpleNamespace
+        self.init = lambda: 0
+        self.create_data_buffer = lambda buf, size: buf
+        self.destroy_data_buffer = lambda buf: 0
+        self.rt = ns(set_device=lambda d: 0, reset_device=lambda d: 0, create_context=lambda d: ("ctx", 0),
+                     destroy_context=lambda c: 0, malloc=alloc, free=lambda h: 0, malloc_host=alloc,
+                     free_host=lambda h: 0, memcpy=memcpy)
+        self.util = ns(bytes_to_ptr=bytes_to_ptr, ptr_to_bytes=lambda h, size: bytes(mem[h][:size]))
+        self.mdl = ns(
+            load_from_file=lambda p: (7, 0), unload=lambda m: 0, create_desc=lambda: "desc", destroy_desc=lambda d: 0,
+            get_desc=lambda d, m: 0, get_num_inputs=lambda d: 3, get_num_outputs=lambda d: 2,
+            get_input_index_by_name=lambda d, name: (names.index(name), 0) if name in names else (0, 1),
+            get_input_name_by_index=lambda d, i: names[i], get_output_name_by_index=lambda d, i: out_names[i],
+            get_input_dims=lambda d, i: dims_of(in_dims[i]), get_output_dims=lambda d, i: dims_of(out_dims[i]),
+            get_input_data_type=lambda d, i: 9 if i < 2 else 3, get_output_data_type=lambda d, i: 0,
+            get_input_size_by_index=lambda d, i: 8 * 16 if i < 2 else 8,
+            get_output_size_by_index=lambda d, i: 4 * 16 if i == 0 else 4,
+            get_input_dynamic_gear_count=lambda d, index: (len(self.GEARS), 0),
+            get_input_dynamic_dims=lambda d, index, count: (
+                [{"name": "", "dimCount": 4, "dims": list(g)} for g in self.GEARS[:count]], 0),
+            set_input_dynamic_dims=set_dims,
+            get_cur_output_dims=lambda d, i: dims_of([1, current["out"]] if i == 0 else [1, 1]),
+            create_dataset=lambda: [], destroy_dataset=lambda ds: 0,
+            add_dataset_buffer=lambda ds, b: (ds.append(b), 0), execute=execute)
+
+
+def test_acl_routes_each_request_to_its_dynamic_dims_profile(tmp_path, monkeypatch):
+    fake = _FakeAclProfiles()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    import device_runtime.backends.ascend as ascend
+    from device_runtime import BucketedSession, SequenceTooLongError
+    from device_runtime.registry import BACKENDS, Backend
+
+    monkeypatch.setitem(BACKENDS, "om", [Backend("om", "acl", ascend.AclSession, lambda: None)])
+    session = device_runtime.load(_fake_om(tmp_path / "model-seq8_16.om"))
+    # the lengths come from the model's own profiles (no manifest beside it)
+    assert isinstance(session, BucketedSession) and session.lengths == [8, 16]
+    assert [t.name for t in session.get_inputs()] == ["input_ids", "attention_mask"]  # ATC's input is hidden
+    for length, bucket in ((5, 8), (8, 8), (11, 16)):
+        ids = np.arange(1, length + 1, dtype=np.int64)[None]
+        fake.calls.clear()
+        tokens, total = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        assert fake.calls == [("set_input_dynamic_dims", [1, bucket, 1, bucket]), ("execute", bucket)]
+        np.testing.assert_array_equal(tokens, ids.astype(np.float32))  # padded positions cut off again
+        assert float(total[0, 0]) == float(ids.sum())  # padding (id 0, mask 0) adds nothing
+    with pytest.raises(SequenceTooLongError, match="17 tokens is longer than the largest bucket .*16"):
+        ids = np.ones((1, 17), np.int64)
+        session.run(None, {"input_ids": ids, "attention_mask": ids})
+    inner = session._sessions[8]
+    with pytest.raises(device_runtime.ShapeError, match="no compiled --dynamic_dims profile"):
+        inner._execute([np.ones((1, 9), np.int64), np.ones((1, 9), np.int64)])
+    session.close()
+
+
+def test_ais_bench_routes_by_the_lengths_the_export_recorded(tmp_path, monkeypatch):
+    from device_runtime import BucketedSession
+    from device_runtime.manifest import ArtifactEntry, record_artifact
+
+    class DynamicInferSession(_FakeInferSession):
+        def __init__(self, device_id, path):
+            super().__init__(device_id, path)
+            arg = types.SimpleNamespace
+            self._in = [arg(name="input_ids", shape=[1, -1], datatype="dtype.int64")]
+            self._out = [arg(name="logits", shape=[1, 2], datatype="dtype.float32")]
+            self.shapes = []
+
+        def infer(self, feeds, mode="static"):
+            assert mode == "dymdims"
+            self.shapes.append(feeds[0].shape)
+            return [np.full((1, 2), feeds[0].sum(), np.float32)]
+
+    interface = types.ModuleType("ais_bench.infer.interface")
+    interface.InferSession = DynamicInferSession
+    package = types.ModuleType("ais_bench")
+    package.__path__ = []
+    monkeypatch.setitem(sys.modules, "ais_bench", package)
+    monkeypatch.setitem(sys.modules, "ais_bench.infer", types.ModuleType("ais_bench.infer"))
+    monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
+    import device_runtime.backends.ascend as ascend
+    from device_runtime.registry import BACKENDS, Backend
+
+    monkeypatch.setitem(BACKENDS, "om", [Backend("om", "ais_bench", ascend.AisBenchSession, lambda: None)])
+    om = _fake_om(tmp_path / "model-seq8_16.om")
+    record_artifact(tmp_path, {"name": "stand-in"}, ArtifactEntry(
+        file=om.name, format="om", precision="fp16", requested_precision="fp16", sha256="", size_bytes=0,
+        details={"buckets": {"lengths": [8, 16], "entry_points": "ATC --dynamic_dims profiles of one .om"}}))
+    session = device_runtime.load(om)
+    assert isinstance(session, BucketedSession) and session.lengths == [8, 16]
+    logits, = session.run(None, {"input_ids": np.ones((1, 11), np.int64)})
+    assert session._sessions[16]._session.shapes == [(1, 16)] and float(logits[0, 0]) == 11.0
