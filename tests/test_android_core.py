@@ -11,7 +11,9 @@ SDK's own code, during the test:
 - latency statistics from `LatencyStats.from_seconds`; the key set of a real `benchmark_artifacts` document;
 - bundles in BUNDLE FORMAT v1 (checked by `device_runtime.bundle.open_bundle` too), intact and tampered;
 - self-check verdicts from `converters.parity.compare` and `judge` on outputs of a real computation in fp32,
-  fp16 and int8.
+  fp16 and int8;
+- sequence buckets: real sentences tokenised unpadded, with the bucket, entry point and padded arrays that
+  `device_runtime.BucketedSession` chose for them (or its refusal), and a bundle of a bucketed artifact.
 
 The Java tests assert, and also write what they computed, which is checked here as well. The app flow
 (`pocketformer bench BUNDLE --device adb:SERIAL --app`) runs against test_remote's stand-in adb, extended with
@@ -40,7 +42,7 @@ JUNIT = Path("/usr/share/java/junit4.jar")
 HAMCREST = next((p for p in (Path("/usr/share/java/hamcrest-core.jar"), Path("/usr/share/java/hamcrest.jar"))
                  if p.exists()), None)
 JAVA_TESTS = ("CoreUnitTest", "TokenizerParityTest", "ImageParityTest", "LatencyParityTest", "BundleParityTest",
-              "SelfCheckParityTest")
+              "SelfCheckParityTest", "BucketsTest")
 
 
 # -- compiling the core, once per source change ---------------------------------------------------------
@@ -286,9 +288,76 @@ def _entry(artifact: Path, precision: str) -> dict:
                          parity={"passed": True}).to_dict()
 
 
-def write_spec_bundle(root: Path, kind: str) -> Path:
+# What the .pte converter records for `export --seq-lens 8,16,32` (converters/executorch.py, details.buckets).
+BUCKET_LENGTHS = [8, 16, 32]
+BUCKET_DETAILS = {"lengths": BUCKET_LENGTHS, "entry_points": {str(n): f"seq{n}" for n in BUCKET_LENGTHS}}
+
+
+class _EntryPoint:
+    """A stand-in for one entry point (`seq{N}`) of a bucketed artifact, for BucketedSession's routing: the
+    BERT inputs at that length; running it is never needed (only `route` and `padded` are)."""
+
+    def __new__(cls, length: int):
+        from device_runtime.session import Session, TensorInfo
+
+        class StandIn(Session):
+            entry_point_option = "method"
+
+            def _execute(self, arrays):
+                raise AssertionError("routing only")
+
+        session = StandIn("model.pte")
+        session.entry_point, session.buckets = f"seq{length}", dict(BUCKET_DETAILS["entry_points"])
+        session.buckets = {int(k): v for k, v in session.buckets.items()}
+        session._inputs = [TensorInfo(n, (1, length), np.dtype(np.int64), dynamic_axes={1: "sequence"})
+                           for n in ("input_ids", "attention_mask", "token_type_ids")]
+        session._outputs = [TensorInfo("logits", (1, 2), np.dtype(np.float32))]
+        return session
+
+
+def write_bucket_fixtures(folder: Path) -> list[dict]:
+    """Real sentences and pairs tokenised unpadded (truncated at 32 or at 64, so some are longer than the largest
+    bucket), with what device_runtime's BucketedSession made of each: its bucket, entry point and padded arrays,
+    or its SequenceTooLongError."""
+    from device_runtime import BucketedSession, SequenceTooLongError
+    from models_zoo import data, get_model
+
+    folder.mkdir(parents=True)
+    shutil.copy(data.bert_vocab_path(), folder / "vocab.txt")
+    spec = get_model("tinybert_4l_312d").with_seq_len(BUCKET_LENGTHS[-1])
+    model = spec.describe()
+    session = BucketedSession(_EntryPoint(BUCKET_LENGTHS[-1]), lambda name: _EntryPoint(int(name[3:])))
+    assert session.lengths == BUCKET_LENGTHS
+    texts = [(s, None) for s in data.SAMPLE_SENTENCES + data.CALIBRATION_SENTENCES + EXTRA_SENTENCES]
+    texts += list(data.SAMPLE_SENTENCE_PAIRS)
+    cases = []
+    for max_len in (BUCKET_LENGTHS[-1], 64):
+        prep = {**model["preprocessing"], "seq_len": max_len, "vocab": str(data.bert_vocab_path()),
+                "input_names": ["input_ids", "attention_mask", "token_type_ids"]}
+        for text, pair in texts:
+            feed = data.tokenize(text, prep, pair=pair, pad=False)
+            case = {"text": text, "pair": pair, "max_len": max_len,
+                    "request": {k: v[0].tolist() for k, v in feed.items()}}
+            try:
+                length, bucket, padded = session.padded(list(feed.values()))
+                case.update(bucket=bucket, entry_point=f"seq{bucket}",
+                            padded={k: v[0].tolist() for k, v in zip(feed, padded)})
+            except SequenceTooLongError as exc:
+                case.update(error=type(exc).__name__, message=str(exc))
+            cases.append(case)
+    routed = {c.get("bucket") for c in cases}
+    assert routed >= set(BUCKET_LENGTHS) and None in routed  # every bucket, and refusals, are exercised
+    (folder / "cases.json").write_text(json.dumps(
+        {"entry": {"file": "model.pte", "details": {"buckets": BUCKET_DETAILS}}, "model": model,
+         "preprocessing": {k: v for k, v in model["preprocessing"].items() if k != "vocab"}, "cases": cases},
+        ensure_ascii=False), encoding="utf-8")
+    return cases
+
+
+def write_spec_bundle(root: Path, kind: str, buckets: dict | None = None) -> Path:
     """A bundle in BUNDLE FORMAT v1 with the zoo's real inputs and a stand-in artifact (its bytes sniff as
-    .tflite; the JVM replays the expected outputs for it). Written with sdk.bundles' own SHA256SUMS writer."""
+    .tflite; the JVM replays the expected outputs for it). Written with sdk.bundles' own SHA256SUMS writer.
+    `buckets`: the artifact's entry lists these sequence buckets (`details.buckets`), as a --seq-lens export's."""
     from device_runtime.bundle import SCHEMA, SCHEMA_VERSION
     from device_runtime.manifest import SCHEMA as MANIFEST_SCHEMA, SCHEMA_VERSION as MANIFEST_VERSION
     from models_zoo import data, get_model
@@ -346,6 +415,8 @@ def write_spec_bundle(root: Path, kind: str) -> Path:
         samples.append({"id": sid, "source": source, "inputs": rels})
     (root / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     entry = _entry(artifact, "fp32")
+    if buckets:
+        entry["details"] = {"buckets": buckets}
     meta = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": "2026-12-02T00:00:00+00:00",
             "model": model,
             "artifacts": [{"file": "artifacts/model.tflite", "entry": entry, "expected": "expected/model.tflite",
@@ -369,7 +440,9 @@ def write_bundle_fixtures(folder: Path) -> list[dict]:
     folder.mkdir(parents=True)
     text = write_spec_bundle(folder / "text", "text")
     image = write_spec_bundle(folder / "image", "image")
+    write_spec_bundle(folder / "text-bucketed", "text", buckets=BUCKET_DETAILS)
     cases = [{"name": "text", "path": "text", "refused_file": None, "passes": True},
+             {"name": "text-bucketed", "path": "text-bucketed", "refused_file": None, "passes": True},
              {"name": "image", "path": "image", "refused_file": None, "passes": True},
              {"name": "image-noisy", "path": "image", "refused_file": None, "passes": False, "noise": 0.05}]
     with zipfile.ZipFile(folder / "text.zip", "w", zipfile.ZIP_DEFLATED) as zf:
@@ -465,10 +538,11 @@ def test_java_core_matches_the_sdk(tmp_path):
     latency_cases = write_latency_fixtures(fixtures / "latency")
     selfcheck_cases = write_selfcheck_fixtures(fixtures / "selfcheck", fixtures / "images", image_cases)
     bundle_cases = write_bundle_fixtures(fixtures / "bundles")
+    bucket_cases = write_bucket_fixtures(fixtures / "buckets")
     result = run_junit(classpath, fixtures, out)
     text = result.stdout + result.stderr
     assert result.returncode == 0 and not _failures(text), f"JUnit failed:\n{text[-6000:]}"
-    assert "OK (13 tests)" in text, text[-2000:]  # 7 unit tests, 6 parity tests (skipped ones leave no output below)
+    assert "OK (18 tests)" in text, text[-2000:]  # 11 unit tests, 7 parity tests (skipped ones leave no output below)
 
     # Token ids: identical, case by case (the Java side asserted too; this is what it wrote).
     java_tokens = json.loads((out / "tokenizer.json").read_text())["cases"]
@@ -534,6 +608,23 @@ def test_java_core_matches_the_sdk(tmp_path):
     assert runs["image"]["results"][0]["self_check"]["passed"] is True
     assert runs["image-noisy"]["results"][0]["self_check"]["passed"] is False
     assert runs["text-zip"]["results"][0]["latency"]["p50"] > 0
+    # A bucketed artifact's bundle: its samples (tokenised at the largest length, as the export verified them)
+    # ran padded to the bucket that fits through that entry point; a single-length one through the default.
+    bucketed = runs["text-bucketed"]
+    assert bucketed["results"][0]["buckets"] == {"lengths": BUCKET_LENGTHS, "routed_to": [32] * 6}
+    assert set(bucketed["replayed_entry_points"]) == {"seq32"} and bucketed["results"][0]["self_check"]["passed"]
+    assert "buckets" not in runs["text"]["results"][0] and runs["text"]["replayed_entry_points"] == []
+
+    # Sequence buckets: the Java core routed, padded and refused each request as BucketedSession did.
+    java_buckets = json.loads((out / "buckets.json").read_text())
+    assert len(java_buckets) == len(bucket_cases) > 50
+    for case, mine in zip(bucket_cases, java_buckets):
+        if "error" in case:
+            largest = BUCKET_LENGTHS[-1]
+            assert f"{len(case['request']['input_ids'])} tokens is longer than the largest bucket" in mine["error"]
+            assert f", {largest} (buckets: 8, 16, 32)" in mine["error"] and f"{largest}" in case["message"]
+        else:
+            assert mine == {"bucket": case["bucket"], "entry_point": case["entry_point"], "padded": case["padded"]}
 
 
 # -- `pocketformer bench BUNDLE --device adb:SERIAL --app`, up to the device ---------------------------------

@@ -16,7 +16,8 @@ import org.tensorflow.lite.Interpreter;
 /**
  * .tflite through LiteRT's Interpreter (com.google.ai.edge.litert:litert). Inputs and outputs go by the first
  * signature's names when they are the model's (as device_runtime's tflite backend does), else by position;
- * int64 token ids are narrowed to a model's int32 inputs, as the SDK's adapt_io does.
+ * int64 token ids are narrowed to a model's int32 inputs, as the SDK's adapt_io does. A multi-length file
+ * (`export --seq-lens`) has a signature per length (`seq16`, ...); core's BucketedRunner names one per request.
  */
 final class LiteRtRunner implements ModelRunner {
     private final Interpreter interpreter;
@@ -72,7 +73,16 @@ final class LiteRtRunner implements ModelRunner {
 
     @Override
     public List<Tensor> run(Map<String, Tensor> inputs) {
+        return run(null, inputs);
+    }
+
+    @Override
+    public List<Tensor> run(String entryPoint, Map<String, Tensor> inputs) {
         List<Tensor> result = new ArrayList<>();
+        String signature = entryPoint != null ? entryPoint : this.signature;
+        if (entryPoint != null && !Arrays.asList(interpreter.getSignatureKeys()).contains(entryPoint)) {
+            throw new IllegalArgumentException("the .tflite has no signature " + entryPoint + "; it has " + Arrays.toString(interpreter.getSignatureKeys()));
+        }
         if (signature != null) {
             Map<String, Object> in = new HashMap<>();
             for (String name : inputNames) {

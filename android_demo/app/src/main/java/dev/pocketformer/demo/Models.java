@@ -1,6 +1,8 @@
 package dev.pocketformer.demo;
 
 import dev.pocketformer.core.ArtifactFormat;
+import dev.pocketformer.core.BucketedRunner;
+import dev.pocketformer.core.Buckets;
 import dev.pocketformer.core.Bundle;
 import dev.pocketformer.core.ModelRunner;
 import java.io.File;
@@ -26,6 +28,9 @@ final class Models {
     static ModelRunner load(Bundle bundle, Bundle.Artifact artifact, File cache, int threads) throws Exception {
         File file = bundle.file(artifact.file, cache.toPath()).toFile();
         ArtifactFormat format = ArtifactFormat.sniff(bundle.bytes(artifact.file), artifact.file);
-        return new Runtimes(bundle.inputNames(), bundle.outputNames()).load(file.getPath(), format, threads);
+        ModelRunner runner = new Runtimes(bundle.inputNames(), bundle.outputNames()).load(file.getPath(), format, threads);
+        // an artifact with sequence buckets (export --seq-lens): each request padded to the bucket that fits
+        Buckets buckets = Buckets.of(bundle, artifact);
+        return buckets != null ? new BucketedRunner(runner, buckets) : runner;
     }
 }

@@ -11,6 +11,7 @@ import android.widget.EditText;
 import android.widget.LinearLayout;
 import android.widget.ScrollView;
 import android.widget.TextView;
+import dev.pocketformer.core.BucketedRunner;
 import dev.pocketformer.core.ImagePreprocessor;
 import dev.pocketformer.core.ModelRunner;
 import dev.pocketformer.core.Tensor;
@@ -94,11 +95,13 @@ public class RunActivity extends Activity {
         String a = first.getText().toString(), b = second != null ? second.getText().toString() : null;
         new Thread(() -> {
             try {
-                List<Tensor> out = runner.run(tokenizer.feed(a, null, bundle.preprocessing()));
+                // a bucketed artifact takes the sentence unpadded (truncated at its largest bucket) and pads it itself
+                boolean pad = !(runner instanceof BucketedRunner);
+                List<Tensor> out = runner.run(tokenizer.feed(a, null, bundle.preprocessing(), pad));
                 if (b == null) {
                     show(topClasses(out.get(0)));
                 } else {
-                    List<Tensor> other = runner.run(tokenizer.feed(b, null, bundle.preprocessing()));
+                    List<Tensor> other = runner.run(tokenizer.feed(b, null, bundle.preprocessing(), pad));
                     show(String.format("cosine similarity %.4f", cosine(out.get(0).floats, other.get(0).floats)));
                 }
             } catch (Exception exc) {

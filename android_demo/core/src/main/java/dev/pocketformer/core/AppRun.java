@@ -71,8 +71,10 @@ public final class AppRun {
             r.sizeBytes = (long) head.length;
             if (resettable) memory.resetPeak();
             double before = memory != null ? memory.rssMb() : Double.NaN;
+            Buckets buckets = Buckets.of(bundle, artifact);  // sequence buckets (export --seq-lens), or null
             long t0 = System.nanoTime();
-            try (ModelRunner runner = factory.load(file.toString(), format, threads)) {
+            ModelRunner loaded = factory.load(file.toString(), format, threads);
+            try (ModelRunner runner = buckets != null ? new BucketedRunner(loaded, buckets) : loaded) {  // closes `loaded`
                 r.loadTimeMs = (System.nanoTime() - t0) / 1e6;
                 r.loadRssDeltaMb = memory != null ? memory.rssMb() - before : null;
                 r.backend = runner.backend();
@@ -89,9 +91,16 @@ public final class AppRun {
                 }
                 r.samplesSeconds = samples;
                 r.peakRssMb = memory != null ? memory.peakRssMb() : 0.0;
+                if (runner instanceof BucketedRunner) ((BucketedRunner) runner).clearRouted();
                 List<List<Tensor>> actual = new ArrayList<>();
                 for (Map<String, Tensor> f : feeds) actual.add(runner.run(f));
                 r.extra.put("precision", artifact.precision());
+                if (runner instanceof BucketedRunner) {  // which bucket each self-check sample ran in
+                    Map<String, Object> routing = new LinkedHashMap<>();
+                    routing.put("lengths", new ArrayList<Object>(buckets.lengths()));
+                    routing.put("routed_to", new ArrayList<Object>(((BucketedRunner) runner).routed()));
+                    r.extra.put("buckets", routing);
+                }
                 r.extra.put("self_check", SelfCheck.judge(bundle, artifact, actual));
             }
             doc.results.add(r);

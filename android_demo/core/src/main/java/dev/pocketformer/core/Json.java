@@ -275,7 +275,6 @@ public final class Json {
 
     /** A number as double; null when absent or JSON null. */
     public static Double num(Map<String, Object> map, String key) {
-        Object v = map.get(key);
-        return v instanceof Number ? ((Number) v).doubleValue() : null;
+        return Fields.optionalNumber(map, key);
     }
 }

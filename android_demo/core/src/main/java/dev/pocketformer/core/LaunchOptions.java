@@ -32,32 +32,15 @@ public final class LaunchOptions {
     }
 
     public static LaunchOptions fromExtras(Map<String, ?> extras) {
-        Object bundle = extras.get(BUNDLE);
-        if (!(bundle instanceof String) || ((String) bundle).isEmpty()) {
+        String bundle = Fields.text(extras, BUNDLE);
+        if (bundle == null) {
             throw new IllegalArgumentException("the start needs --es bundle PATH (a bundle folder or .zip on the phone)");
         }
-        Object out = extras.get(OUT);
-        String outPath = out instanceof String && !((String) out).isEmpty() ? (String) out : bundle + ".result.json";
-        Object artifact = extras.get(ARTIFACT);
-        int runs = integer(extras, RUNS, 50), warmup = integer(extras, WARMUP, 5), threads = integer(extras, THREADS, 0);
-        if (runs < 1 || runs > 100000) throw new IllegalArgumentException("--ei runs must be in 1..100000, got " + runs);
-        if (warmup < 0 || warmup > 10000) throw new IllegalArgumentException("--ei warmup must be in 0..10000, got " + warmup);
-        if (threads < 0 || threads > 64) throw new IllegalArgumentException("--ei threads must be in 0..64 (0: the runtime's default), got " + threads);
-        return new LaunchOptions((String) bundle, outPath, artifact instanceof String ? (String) artifact : null, runs, warmup, threads);
-    }
-
-    private static int integer(Map<String, ?> extras, String key, int fallback) {
-        Object v = extras.get(key);
-        if (v == null) return fallback;
-        if (v instanceof Integer || v instanceof Long) return ((Number) v).intValue();
-        if (v instanceof String) {
-            try {
-                return Integer.parseInt(((String) v).trim());
-            } catch (NumberFormatException exc) {
-                throw new IllegalArgumentException("extra " + key + " is not an integer: " + v + " (send it with --ei)");
-            }
-        }
-        throw new IllegalArgumentException("extra " + key + " is not an integer: " + v + " (send it with --ei)");
+        String out = Fields.text(extras, OUT);
+        int runs = Fields.integer(extras, RUNS, 50, 1, 100000, "--ei runs");
+        int warmup = Fields.integer(extras, WARMUP, 5, 0, 10000, "--ei warmup");
+        int threads = Fields.integer(extras, THREADS, 0, 0, 64, "--ei threads (0: the runtime's default)");
+        return new LaunchOptions(bundle, out != null ? out : bundle + ".result.json", Fields.text(extras, ARTIFACT), runs, warmup, threads);
     }
 
     /** An AppRun configured from these options. */

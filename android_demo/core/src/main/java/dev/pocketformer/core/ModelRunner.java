@@ -11,6 +11,16 @@ import java.util.Map;
 public interface ModelRunner extends AutoCloseable {
     List<Tensor> run(Map<String, Tensor> inputs) throws Exception;
 
+    /**
+     * Runs one entry point of a multi-length artifact (a .pte method, a .tflite signature: {@code seq16}, ...;
+     * see {@link Buckets}); null is the artifact's default one, {@link #run(Map)}. A runtime with one entry point
+     * refuses any other.
+     */
+    default List<Tensor> run(String entryPoint, Map<String, Tensor> inputs) throws Exception {
+        if (entryPoint == null) return run(inputs);
+        throw new UnsupportedOperationException(backend() + " runs one entry point; it has no " + entryPoint);
+    }
+
     /** The `backend` string of the benchmark document, e.g. "executorch-android 1.0.0 (XNNPACK)". */
     String backend();
 

@@ -20,9 +20,8 @@ public final class Tolerance {
     }
 
     public static Tolerance fromJson(Map<String, Object> t) {
-        Double atol = Json.num(t, "atol");
-        if (atol == null) throw new IllegalArgumentException("a tolerance needs atol");
-        return new Tolerance(atol, Json.num(t, "rtol"), Json.num(t, "min_sqnr_db"), Json.num(t, "min_cosine"), Json.num(t, "min_top1"));
+        return new Tolerance(Fields.number(t, "atol", "a tolerance"), Fields.optionalNumber(t, "rtol"),
+                Fields.optionalNumber(t, "min_sqnr_db"), Fields.optionalNumber(t, "min_cosine"), Fields.optionalNumber(t, "min_top1"));
     }
 
     public Map<String, Object> toJson() {

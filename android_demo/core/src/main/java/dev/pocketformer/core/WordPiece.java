@@ -182,6 +182,15 @@ public final class WordPiece {
      * Returns int64 tensors of shape [1, seqLen] keyed input_ids, attention_mask, token_type_ids.
      */
     public Map<String, Tensor> feed(String text, String pair, int seqLen) {
+        return feed(text, pair, seqLen, true);
+    }
+
+    /**
+     * As {@link #feed(String, String, int)}; with {@code pad} false the ids are truncated at seqLen but not padded
+     * (tensors of shape [1, tokens]), as tokenize(..., pad=False) gives them: what an artifact with sequence
+     * buckets takes ({@link Buckets} pads it to the smallest bucket that fits).
+     */
+    public Map<String, Tensor> feed(String text, String pair, int seqLen, boolean pad) {
         List<Integer> first = encode(text);
         List<Integer> ids = new ArrayList<>(), types = new ArrayList<>();
         if (pair == null) {
@@ -207,24 +216,29 @@ public final class WordPiece {
             for (int i = 0; i < second.size() + 1; i++) types.add(1);
         }
         int len = Math.min(ids.size(), seqLen);
-        long[] idArr = new long[seqLen], mask = new long[seqLen], typeArr = new long[seqLen];
+        int width = pad ? seqLen : len;
+        long[] idArr = new long[width], mask = new long[width], typeArr = new long[width];
         for (int i = 0; i < len; i++) {
             idArr[i] = ids.get(i);
             mask[i] = 1;
             typeArr[i] = types.get(i);
         }
         Map<String, Tensor> feed = new LinkedHashMap<>();
-        feed.put("input_ids", Tensor.ofLongs(idArr, 1, seqLen));
-        feed.put("attention_mask", Tensor.ofLongs(mask, 1, seqLen));
-        feed.put("token_type_ids", Tensor.ofLongs(typeArr, 1, seqLen));
+        feed.put("input_ids", Tensor.ofLongs(idArr, 1, width));
+        feed.put("attention_mask", Tensor.ofLongs(mask, 1, width));
+        feed.put("token_type_ids", Tensor.ofLongs(typeArr, 1, width));
         return feed;
     }
 
     /** The feed restricted to the model's inputs, in their order (the preprocessing's input_names). */
     public Map<String, Tensor> feed(String text, String pair, Map<String, Object> preprocessing) {
-        Double seq = Json.num(preprocessing, "seq_len");
-        if (seq == null) throw new IllegalArgumentException("the text preprocessing has no seq_len");
-        Map<String, Tensor> all = feed(text, pair, seq.intValue());
+        return feed(text, pair, preprocessing, true);
+    }
+
+    /** As {@link #feed(String, String, Map)}, unpadded when {@code pad} is false (for a bucketed artifact). */
+    public Map<String, Tensor> feed(String text, String pair, Map<String, Object> preprocessing, boolean pad) {
+        int seqLen = (int) Fields.number(preprocessing, "seq_len", "the text preprocessing");
+        Map<String, Tensor> all = feed(text, pair, seqLen, pad);
         List<Object> names = Json.list(preprocessing, "input_names");
         if (names == null) return all;
         Map<String, Tensor> out = new LinkedHashMap<>();

@@ -104,7 +104,22 @@ public class CoreUnitTest {
             LaunchOptions.fromExtras(extras);
             fail("runs=0 was accepted");
         } catch (IllegalArgumentException expected) {
-            assertTrue(expected.getMessage().contains("runs"));
+            assertTrue(expected.getMessage(), expected.getMessage().contains("--ei runs must be in 1..100000, got 0"));
+        }
+        extras.put("runs", 3);
+        extras.put("warmup", "two");
+        try {
+            LaunchOptions.fromExtras(extras);
+            fail("a non-integer warmup was accepted");
+        } catch (IllegalArgumentException expected) {
+            assertTrue(expected.getMessage(), expected.getMessage().contains("warmup is not an integer: two (set it with --ei warmup)"));
+        }
+        extras.remove("warmup");
+        try {
+            Tolerance.fromJson(Json.parseObject("{\"rtol\": 0.1}"));
+            fail("a tolerance without atol was accepted");
+        } catch (IllegalArgumentException expected) {
+            assertEquals("a tolerance needs atol", expected.getMessage());
         }
         extras.remove("bundle");
         try {

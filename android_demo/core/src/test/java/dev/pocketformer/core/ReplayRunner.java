@@ -39,6 +39,15 @@ final class ReplayRunner implements ModelRunner {
         }
     }
 
+    /** The entry points asked for, in order (null: the default one), shared by the runners of one factory. */
+    static final List<String> ENTRY_POINTS = java.util.Collections.synchronizedList(new ArrayList<>());
+
+    @Override
+    public List<Tensor> run(String entryPoint, Map<String, Tensor> inputs) throws Exception {
+        ENTRY_POINTS.add(entryPoint);
+        return run(inputs);
+    }
+
     @Override
     public List<Tensor> run(Map<String, Tensor> inputs) throws Exception {
         for (Bundle.Sample s : bundle.samples()) {
