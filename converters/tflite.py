@@ -240,7 +240,8 @@ class TFLiteConverter(Converter):
                                              "int8 instead of failing (the report says so)")
         static_route: str = option("auto", "int8-static: pt2e (litert-torch PT2E: conv/linear/add/pool in int8, "
                                            "verified against the quantized PyTorch model), aeq (ai-edge-quantizer: "
-                                           "full-integer), auto (aeq for models with embeddings, else pt2e)",
+                                           "full-integer), auto (aeq for models with embeddings, else pt2e, "
+                                           "and aeq where pt2e cannot convert the model)",
                                    choices=("auto", "pt2e", "aeq"), flag="--int8-route")
 
     def artifact_name(self, int8_io: bool = False, **options) -> str:
@@ -271,10 +272,19 @@ class TFLiteConverter(Converter):
             route = static_route if static_route != "auto" else ("aeq" if _has_embedding(work) else "pt2e")
             try:
                 if route == "pt2e":
-                    reference, content = _pt2e_static(work, spec, calibration)
-                    details["route"] = "litert-torch PT2E static int8 (per-channel weights, histogram observers)"
-                    prepare_check(content, spec, "the PT2E int8 model")
-                else:
+                    try:
+                        reference, content = _pt2e_static(work, spec, calibration)
+                        details["route"] = "litert-torch PT2E static int8 (per-channel weights, histogram observers)"
+                        prepare_check(content, spec, "the PT2E int8 model")
+                    except ConversionError as exc:
+                        # "auto" asks for a static int8 that works: when litert-torch cannot lower the PT2E
+                        # graph (Mobile-Former's full-size models: a dequantize it cannot lay out as NHWC), the
+                        # ai-edge-quantizer route makes one from the fp32 flatbuffer. Said in the details.
+                        if static_route != "auto":
+                            raise
+                        details["pt2e_failed"] = str(exc)[:300]
+                        route = "aeq"
+                if route == "aeq":
                     bound = _bounded_attention_mask(work, spec, calibration)
                     fp32 = _litert_convert(work, spec, calibration)
                     content = quantize_static(fp32, spec, calibration)

@@ -71,7 +71,11 @@ class MobileToFormer(nn.Module):
         # ONNX Runtime's QDQ gives a Softmax a fixed 1/256 output scale, which rounds nearly all of them to 0
         # (measured on the tiny 151M: int8 10.5 dB vs fp32 with Softmax quantized, 21.3 dB without). Here the
         # weights reach the next MatMul's quantizer, whose scale is calibrated on their real range.
-        attn = ((q @ pixels) * self.scale).log_softmax(dim=-1).exp()
+        # The logits as (pixels^T q^T)^T, the same product: in the first block q comes from the learnt tokens
+        # alone, a constant, and LiteRT's BATCH_MATMUL takes a quantized constant only on its right-hand side
+        # (with q on the left, the full-size models' int8-dynamic .tflite failed to prepare).
+        logits = (pixels.transpose(-1, -2) @ q.transpose(-1, -2)).transpose(-1, -2)   # b, heads, T, HW
+        attn = (logits * self.scale).log_softmax(dim=-1).exp()
         mixed = (attn @ pixels.transpose(-1, -2)).transpose(1, 2).reshape(b, t, c)
         mixed = mixed * (F.hardsigmoid(self.gate(tokens)) * 2.0)
         return self.norm(tokens + self.proj(mixed))
