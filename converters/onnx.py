@@ -371,16 +371,22 @@ class OnnxConverter(Converter):
         """One model with a dynamic sequence axis (ONNX's own way to hold every length), its verified lengths
         listed in metadata_props for `device_runtime.buckets`. Calibration (int8-static) uses every length's
         samples, so the activation ranges cover them all."""
+        import onnx
+
         options["dynamic_shapes"] = True
         largest = max(specs)
         feeds = [feed for length in sorted(specs) for feed in calibration[length]]
-        conversion = self.convert(module, specs[largest], precision, feeds, path, _lengths=sorted(specs), **options)
+        conversion = self.convert(module, specs[largest], precision, feeds, path, **options)
+        # The lengths go into the written model here, so `convert` takes nothing but its Options.
+        model = onnx.load(str(conversion.path), load_external_data=False)
+        model.metadata_props.add(key=BUCKETS_METADATA_KEY, value=json.dumps(sorted(specs)))
+        onnx.save(model, str(conversion.path))
         conversion.details["buckets"] = {"lengths": sorted(specs), "entry_points": "one dynamic sequence axis"}
         return conversion
 
     def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
                 dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
-                dynamic_batch: bool = False, _lengths: list[int] | None = None) -> Conversion:
+                dynamic_batch: bool = False) -> Conversion:
         import onnx
 
         precision = Precision.of(precision)
@@ -416,8 +422,6 @@ class OnnxConverter(Converter):
                 current = optimized
             model = onnx.load(str(current), load_external_data=False)
             record_value_ranges(model, spec)
-            if _lengths:
-                model.metadata_props.add(key=BUCKETS_METADATA_KEY, value=json.dumps(_lengths))
             onnx.save(model, str(current))
             details["graph"] = {"nodes": len(model.graph.node), "ops": dict(op_counts(model).most_common()),
                                 "opset": model_opset(model), "ir_version": int(model.ir_version)}

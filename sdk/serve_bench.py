@@ -1,7 +1,9 @@
 """`pocketformer serve-bench`: replay a real sentence stream against four ways of serving one BERT-family model.
 
-The configurations, each an artifact of the same model, format and precision (found beside the one given, by
-their folder keys: `<precision>/`, `<precision>-seqs16-32-64-128/`, `<precision>-packed128x16/`):
+The configurations, each an artifact of the same model, format and precision (found in the export folders
+beside the one given, by what their manifests record: sequence buckets in the entry's details, the packed entry
+point's inputs; by the folder keys `<precision>-seqs16-32-64-128/` and `<precision>-packed128x16/` only where
+the manifest says neither):
 - fixed: every sentence padded to the artifact's one length (128 by default), one run per sentence;
 - bucketed: each sentence padded to the smallest length the multi-length artifact holds, one run per sentence;
 - packed: the packed entry point; whatever is queued when the engine frees up is packed into rows (no waiting);
@@ -51,8 +53,15 @@ def stream_sentences(stream: str | Path | None, count: int, seed: int = 0) -> tu
 
 
 def discover(artifact: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The artifacts of each configuration beside `artifact` ({config: path}) and the model section."""
-    from device_runtime.manifest import load_entry
+    """The artifacts of each configuration beside `artifact` ({config: path}) and the model section.
+
+    Every export folder of the model (`artifact`'s parent and its siblings) is read; an artifact of the same
+    format and requested precision is classed by what its manifest says (`configuration_of`): sequence buckets
+    in its entry's details, or the packed entry point's inputs. Only where the manifest says neither does the
+    folder's key decide (`<precision>-seqs...`, `<precision>-packed...`); the rest serve fixed-length. For
+    fixed, the registered length (the folder named as the precision) beats any other single length.
+    """
+    from device_runtime.manifest import ManifestError, load_entry, read_manifest
 
     artifact = Path(artifact)
     record = load_entry(artifact, trust=False)
@@ -62,23 +71,53 @@ def discover(artifact: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
     if (model.get("preprocessing") or {}).get("kind") != "text":
         raise UsageError(f"serve-bench replays sentences; {model.get('name')} takes "
                          f"{(model.get('preprocessing') or {}).get('kind')}")
-    requested = record.entry.requested_precision
+    requested, fmt = record.entry.requested_precision, record.entry.format
     found: dict[str, Path] = {}
-    for folder in sorted(artifact.parent.parent.iterdir()):
-        candidate = folder / artifact.name
-        if not candidate.is_file():
+    registered = False  # whether "fixed" is already the registered length's artifact
+    for folder in sorted(p for p in artifact.parent.parent.iterdir() if p.is_dir()):
+        try:
+            manifest = read_manifest(folder)
+        except ManifestError:
             continue
-        name = folder.name
-        if name == requested:
-            found["fixed"] = candidate  # the registered length (128) beats any other single length
-        elif name.startswith(f"{requested}-seqs"):
-            found.setdefault("bucketed", candidate)
-        elif name.startswith(f"{requested}-packed"):
-            found.setdefault("packed", candidate)
-            found.setdefault("packed+batched", candidate)
-        elif name.startswith(f"{requested}-seq"):
-            found.setdefault("fixed", candidate)
+        # the given artifact's own file name first, so it wins among its folder's artifacts of a kind
+        names = sorted(manifest.artifacts, key=lambda n: (n != artifact.name, n))
+        for name in names:
+            entry, candidate = manifest.artifacts[name], folder / name
+            if entry.format != fmt or entry.requested_precision != requested or not candidate.exists():
+                continue
+            kind = configuration_of(entry.details, manifest.model) or _kind_from_folder(folder.name, requested)
+            if kind == "fixed" and folder.name == requested and not registered:
+                found["fixed"], registered = candidate, True  # the registered length (128) beats any other
+            elif kind == "packed":
+                found.setdefault("packed", candidate)
+                found.setdefault("packed+batched", candidate)
+            elif kind:
+                found.setdefault(kind, candidate)
     return found, model
+
+
+def configuration_of(details: dict[str, Any], model: dict[str, Any]) -> str | None:
+    """"bucketed" or "packed" from an artifact's manifest (its entry's details, its folder's model section),
+    else None: sequence buckets list their lengths (`details.buckets.lengths`), and the packed entry point takes
+    segment ids (`preprocessing.packing`, the `segment_ids` input)."""
+    buckets = (details or {}).get("buckets") or {}
+    if buckets.get("lengths") and buckets.get("axis", "sequence") == "sequence":
+        return "bucketed"
+    inputs = {i.get("name") if isinstance(i, dict) else i for i in model.get("inputs") or []}
+    if (model.get("preprocessing") or {}).get("packing") or "segment_ids" in inputs:
+        return "packed"
+    return None
+
+
+def _kind_from_folder(name: str, requested: str) -> str | None:
+    """The fallback: the folder key the export wrote (`fp32`, `fp32-seq64`, `fp32-seqs16-32`, `fp32-packed128x16`)."""
+    if name.startswith(f"{requested}-seqs"):
+        return "bucketed"
+    if name.startswith(f"{requested}-packed"):
+        return "packed"
+    if name == requested or name.startswith(f"{requested}-seq"):
+        return "fixed"
+    return None
 
 
 def _feeds(kind: str, session, sentences: Sequence[str], prep: dict[str, Any]) -> tuple[list[dict], list[int]]:

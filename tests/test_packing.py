@@ -85,8 +85,11 @@ def _alone(model: str, feeds):
 
 
 def _agreement(expected, got):
-    worst = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
-    cosine = min(float((e * g).sum() / np.linalg.norm(e) / np.linalg.norm(g)) for e, g in zip(expected, got))
+    """(the largest abs error over every sentence, the lowest cosine of any one sentence), by converters.parity."""
+    from converters.parity import compare
+
+    worst = compare([[e] for e in expected], [[g] for g in got])["max_abs_err"]
+    cosine = min(compare([[e]], [[g]])["cosine"] for e, g in zip(expected, got))
     return worst, cosine
 
 
@@ -194,3 +197,39 @@ def test_serve_bench_refuses_a_missing_or_empty_stream(packed, tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(UsageError, match="holds no sentences"):
         serve_bench(packed["fixed"].path, stream=empty)
+
+
+def test_serve_bench_finds_configurations_by_their_manifest_entries(tmp_path):
+    """Buckets in an entry's details, or the packed entry point's inputs, say what an artifact serves, whatever
+    its folder is called; the folder key decides only where the manifest says neither."""
+    from device_runtime.manifest import ArtifactEntry, record_artifact, sha256_of
+    from sdk.serve_bench import discover
+
+    spec = get_model("tinybert_4l_312d", tiny=True)
+    text_model = {**spec.describe(), "labels": spec.labels()}
+    packed_model = {**spec.with_packing(CAPACITY, SLOTS).describe(), "labels": spec.labels()}
+
+    def artifact(folder, name="model.pte", model=text_model, details=None, fmt="pte", requested="fp32"):
+        path = tmp_path / "m" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"stand-in {folder}/{name}".encode())
+        record_artifact(path.parent, model, ArtifactEntry(
+            file=name, format=fmt, precision=requested, requested_precision=requested, sha256=sha256_of(path),
+            size_bytes=path.stat().st_size, details=details or {}))
+        return path
+
+    fixed = artifact("fp32")
+    artifact("fp32-seq64")  # another single length: the registered one wins
+    bucketed = artifact("fp32-mine", details={"buckets": {"lengths": [16, 32], "entry_points": {}}})
+    packed_path = artifact("fp32-rows", model=packed_model)
+    artifact("fp32-batches", details={"buckets": {"axis": "batch", "batch_sizes": [1, 2]}})  # not sequences
+    artifact("fp32-seqs8-16", name="model.onnx", fmt="onnx",  # another format: not a configuration of a .pte
+             details={"buckets": {"lengths": [8, 16], "entry_points": "one dynamic sequence axis"}})
+    artifact("int8-seqs8-16", requested="int8", details={"buckets": {"lengths": [8, 16], "entry_points": {}}})
+    found, model = discover(fixed)
+    assert found == {"fixed": fixed, "bucketed": bucketed, "packed": packed_path, "packed+batched": packed_path}
+    assert model["name"] == spec.name
+    # a manifest that says nothing of buckets (written before they were recorded): the folder key still finds it
+    old = artifact("fp32-seqs16-32")
+    (bucketed.parent / "report.json").unlink()
+    assert discover(fixed)[0]["bucketed"] == old
