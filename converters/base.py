@@ -212,6 +212,22 @@ class Converter:
         """Why `convert_buckets` cannot make this precision (the pipeline then writes one artifact per length)."""
         return None if self.multi_length else f"{self.format} has no multi-length export here"
 
+    # Whether `convert_batches` writes an artifact holding several batch sizes (`export --batch-sizes`, the
+    # vision families); the pipeline refuses the format otherwise, unless an option of its own takes them.
+    multi_batch: bool = False
+
+    def convert_batches(self, module, spec, precision: str, calibration: dict, path: Path, **options) -> Conversion:
+        """One artifact holding every batch size of `calibration` ({batch size: real calibration feeds of that
+        many rows, distinct images stacked}), with the weights stored once and the entry points (`batch<N>`)
+        `device_runtime.buckets` routes to, or one dynamic batch axis. `Conversion.reference` is {size: module}
+        when the reference differs per size (quantized per shape), else the module."""
+        raise NotImplementedError
+
+    def multi_batch_reason(self, precision) -> str | None:
+        """Why `convert_batches` cannot hold several batch sizes at this precision (the pipeline then writes one
+        artifact per batch size, each through `convert_batches` with one size)."""
+        return None if self.multi_batch else f"{self.format} has no multi-batch export here"
+
 
 _CONVERTERS: dict[str, Converter] = {}
 

@@ -18,7 +18,8 @@ from converters import rewrites
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, int4_blocks_fit, option,
                              register_converter, write_bytes_atomic)
 # The program's metadata method and its keys: one contract, defined where the runtime reads it.
-from device_runtime.backends.executorch import META_BUCKETS, META_INPUTS, META_METHOD, META_OUTPUTS, META_VALUE_RANGES
+from device_runtime.backends.executorch import (META_BUCKET_AXIS, META_BUCKETS, META_INPUTS, META_METHOD, META_OUTPUTS,
+                                               META_VALUE_RANGES)
 
 
 def _dynamic_quantizer():
@@ -189,19 +190,42 @@ class ExecuTorchConverter(Converter):
     multi_length = True
 
     def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
-        return self.convert_buckets(module, {None: spec}, precision, {None: calibration}, path, rewrite=rewrite)
+        from device_runtime.buckets import SEQUENCE
+
+        return self._program(module, {None: spec}, precision, {None: calibration}, path, rewrite, SEQUENCE)
 
     def convert_buckets(self, module, specs, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
         """One program; with several lengths, one method per length (`seq<N>`) and `forward` = the largest.
         ExecuTorch stores a constant used by several methods once (measured: 4 lengths of TinyBERT-tiny in a
         file 1.02x the single-length one)."""
+        from device_runtime.buckets import SEQUENCE
+
+        return self._program(module, specs, precision, calibration, path, rewrite, SEQUENCE)
+
+    multi_batch = True
+
+    def convert_batches(self, module, spec, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
+        """One program with one method per batch size (`batch<N>`, traced on `calibration[N]`, feeds of N rows)
+        and `forward` = the smallest (batch 1 where it is one), the weights stored once. int8-static quantizes
+        per batch size (a quantized graph is traced at one shape), calibrated on the same images stacked N at a
+        time: the per-channel weights quantize identically, so the methods share them."""
+        from device_runtime.buckets import BATCH
+
+        return self._program(module, {size: spec for size in calibration}, precision, calibration, path, rewrite,
+                             BATCH)
+
+    def _program(self, module, specs, precision, calibration, path: Path, rewrite: bool, axis) -> Conversion:
+        """The program of `convert` / `convert_buckets` / `convert_batches`: `specs` and `calibration` are keyed by
+        the bucket's size along `axis` (or None: one plain `forward`)."""
         precision = Precision.of(precision)
         import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        from device_runtime.buckets import entry_point
+        from device_runtime.buckets import BATCH
 
+        entry_point = axis.entry_point
+        bucketed = len(specs) > 1 or axis is BATCH  # a single batch size is still a bucket (rows are padded to it)
         # Always a copy: quantization rewrites the module in place, and the caller's model must stay fp32 for the
         # formats exported after this one.
         work = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else copy.deepcopy(module)
@@ -222,14 +246,19 @@ class ExecuTorchConverter(Converter):
         except Exception as exc:
             raise ConversionError(f"ExecuTorch could not export {spec.name} ({precision}): "
                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
-        programs = {"forward": exported[max(exported, key=lambda k: k or 0)]}
-        if len(specs) > 1:
-            programs.update({entry_point(length): program for length, program in exported.items()})
+        # `forward`: the largest length (a full sentence), or the smallest batch (one request); the same program
+        # as that bucket's method, which costs the file ~3 KB (MobileViT-XXS-tiny).
+        forward = (min if axis is BATCH else max)(exported, key=lambda k: k or 0)
+        names = {length: entry_point(length) for length in specs} if bucketed else {}
+        programs = {"forward": exported[forward]}
+        if bucketed:
+            programs.update({names[length]: program for length, program in exported.items()})
         ranges = {s.name: list(s.value_range) for s in spec.input_specs() if getattr(s, "value_range", None)}
         meta = {META_INPUTS: list(spec.input_names), META_OUTPUTS: list(spec.output_names),
                 META_VALUE_RANGES: ranges, "model": spec.name, "precision": precision}
-        if len(specs) > 1:
-            meta[META_BUCKETS] = {str(length): entry_point(length) for length in sorted(specs)}
+        if bucketed:
+            meta[META_BUCKETS] = {str(length): names[length] for length in sorted(specs)}
+            meta[META_BUCKET_AXIS] = axis.name
         try:
             edge = to_edge_transform_and_lower(
                 programs, transform_passes=[views_for_xnnpack] if rewrite else None,
@@ -242,9 +271,11 @@ class ExecuTorchConverter(Converter):
                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
         write_bytes_atomic(path, program.buffer)
         details = {"delegation": delegation, "rewrites": rewrite}
-        if len(specs) > 1:
-            details["buckets"] = {"lengths": sorted(specs), "entry_points": meta[META_BUCKETS]}
+        if bucketed:
+            details["buckets"] = ({"axis": axis.name, "batch_sizes": sorted(specs), "entry_points": meta[META_BUCKETS]}
+                                  if axis is BATCH else
+                                  {"lengths": sorted(specs), "entry_points": meta[META_BUCKETS]})
         if precision == "int4-weight":
             details["int4_granularity"] = f"blocks of {INT4_BLOCK}" if int4_blocks else "per channel"
-        reference = references if len(specs) > 1 and precision.is_quantized else next(iter(references.values()))
+        reference = references if bucketed and precision.is_quantized else next(iter(references.values()))
         return Conversion(path, reference, details)

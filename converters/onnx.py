@@ -384,6 +384,24 @@ class OnnxConverter(Converter):
         conversion.details["buckets"] = {"lengths": sorted(specs), "entry_points": "one dynamic sequence axis"}
         return conversion
 
+    multi_batch = True
+
+    def convert_batches(self, module, spec, precision, calibration, path: Path, **options) -> Conversion:
+        """`export --batch-sizes`: the dynamic batch axis (`dynamic_batch`), traced and calibrated on the largest
+        batch's feeds; the verified batch sizes are listed in metadata_props (`session.batch_sizes`)."""
+        import onnx
+
+        from device_runtime.buckets import ONNX_BATCH_METADATA_KEY
+
+        sizes = sorted(calibration)
+        conversion = self.convert(module, spec, precision, calibration[sizes[-1]], path,
+                                  **{**options, "dynamic_batch": True})
+        model = onnx.load(str(path), load_external_data=False)
+        model.metadata_props.add(key=ONNX_BATCH_METADATA_KEY, value=json.dumps(sizes))
+        onnx.save(model, str(path))
+        conversion.details["buckets"] = {"axis": "batch", "batch_sizes": sizes, "entry_points": "one dynamic batch axis"}
+        return conversion
+
     def convert(self, module, spec, precision, calibration, path: Path, opset: int | None = None,
                 dynamic_shapes: bool = False, ort_optimize: str | None = None, exporter: str = "auto",
                 dynamic_batch: bool = False) -> Conversion:

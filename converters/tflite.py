@@ -49,7 +49,7 @@ from pathlib import Path
 from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError,
                              int4_blocks_fit, option, register_converter, write_bytes_atomic)
 from converters.tflite_flatbuffer import (first_line, float_io, inspect_flatbuffer, prepare_check, quantize_static,
-                                          quantize_weights, quiet, share_across_signatures)
+                                          quantize_weights, quiet, rename_signature, share_across_signatures)
 
 # A masked attention score is pushed this many units below the lowest unmasked score seen in calibration:
 # its softmax weight is then below exp(-30) ~ 1e-13 of the largest, i.e. zero in fp32 arithmetic.
@@ -152,14 +152,17 @@ def _bounded_attention_mask(module, spec, calibration) -> float | None:
     return state["bound"]
 
 
-def _litert_convert(module, spec, calibration, quant_config=None, lengths: dict | None = None) -> bytes:
+def _litert_convert(module, spec, calibration, quant_config=None, lengths: dict | None = None, axis=None) -> bytes:
     """litert-torch conversion with named I/O; the progress display and converter logs are silenced.
     `lengths` ({length: (spec, calibration)}) makes one signature per sequence length (`seq<N>`, the name
-    `device_runtime.buckets` routes to); litert-torch stores each weight once for all of them."""
+    `device_runtime.buckets` routes to), or per batch size with `axis=BATCH` (`batch<N>`, calibration feeds of N
+    rows); litert-torch stores each weight once for all of them."""
     import torch
     import litert_torch
 
-    from device_runtime.buckets import entry_point
+    from device_runtime.buckets import SEQUENCE
+
+    entry_point = (axis or SEQUENCE).entry_point
 
     named = _named_io(module, spec.input_names, spec.output_names)
     previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
@@ -324,23 +327,33 @@ class TFLiteConverter(Converter):
                         allow_fallback: bool = False, static_route: str = "auto", **_) -> Conversion:
         """One signature per length. fp32 and the weight-only precisions: the static int8 routes calibrate one
         graph at one shape, so `export --seq-lens` writes one artifact per length for int8-static."""
+        from device_runtime.buckets import SEQUENCE
+
+        return self._signatures(module, specs, precision, calibration, path, SEQUENCE)
+
+    def _signatures(self, module, specs, precision, calibration, path: Path, axis) -> Conversion:
+        """One signature per size along `axis` ({size: spec}, {size: calibration feeds at that size}), the
+        weights and quantization tables stored once (`share_across_signatures`)."""
         from converters import rewrites
+        from device_runtime.buckets import BATCH
 
         if precision not in self.MULTI_LENGTH_PRECISIONS:
-            raise UnsupportedError(f"a multi-length .tflite is made at {', '.join(self.MULTI_LENGTH_PRECISIONS)}, "
-                                   f"not {precision}")
+            raise UnsupportedError(f"a multi-{'batch' if axis is BATCH else 'length'} .tflite is made at "
+                                   f"{', '.join(self.MULTI_LENGTH_PRECISIONS)}, not {precision}")
         work = rewrites.eager_attention(copy.deepcopy(module))
         spec = specs[max(specs)]
         lengths = {length: (specs[length], calibration[length]) for length in specs}
-        content = _litert_convert(work, spec, calibration[max(specs)], lengths=lengths)
-        details: dict = {"route": "litert-torch fp32, one signature per length"}
+        content = _litert_convert(work, spec, calibration[max(specs)], lengths=lengths, axis=axis)
+        details: dict = {"route": f"litert-torch fp32, one signature per {'batch size' if axis is BATCH else 'length'}"}
         if precision in WEIGHT_ROUTES:
             content = quantize_weights(content, spec, precision,
                                        int4_granularity(work) if precision == "int4-weight" else None)
             details["route"] += f" -> ai-edge-quantizer {WEIGHT_ROUTES[precision]}"
         content, shared = share_across_signatures(content)
-        details["buckets"] = {"lengths": sorted(specs), "entry_points": {str(n): f"seq{n}" for n in sorted(specs)},
-                              "shared": shared}
+        entry_points = {str(n): axis.entry_point(n) for n in sorted(specs)}
+        details["buckets"] = ({"axis": axis.name, "batch_sizes": sorted(specs), "entry_points": entry_points,
+                               "shared": shared} if axis is BATCH else
+                              {"lengths": sorted(specs), "entry_points": entry_points, "shared": shared})
         write_bytes_atomic(path, content)
         details.update({k: v for k, v in inspect_flatbuffer(path).items() if k != "float_ops"})
         return Conversion(path, module, details)
@@ -349,6 +362,35 @@ class TFLiteConverter(Converter):
         if precision not in self.MULTI_LENGTH_PRECISIONS:
             return ("ai-edge-quantizer's static int8 calibrates one signature at a time; one artifact per "
                     "length instead")
+        return None
+
+    multi_batch = True
+
+    def convert_batches(self, module, spec, precision, calibration, path: Path, int8_io: bool = False,
+                        allow_fallback: bool = False, static_route: str = "auto", **_) -> Conversion:
+        """One signature per batch size (`batch<N>`, `calibration[N]` holding feeds of N rows). int8-static
+        calibrates one graph at one shape (as for lengths): the pipeline asks for one batch size at a time, and
+        the file is the fixed-batch conversion with its one signature named `batch<N>`, so the runtime still
+        pads fewer rows to it."""
+        from device_runtime.buckets import BATCH
+
+        if precision in self.MULTI_LENGTH_PRECISIONS:
+            return self._signatures(module, {size: spec for size in calibration}, precision, calibration, path,
+                                    BATCH)
+        if len(calibration) != 1:
+            raise UnsupportedError(f"a multi-batch .tflite is made at {', '.join(self.MULTI_LENGTH_PRECISIONS)}; "
+                                   f"{precision} takes one batch size per artifact")
+        (size, feeds), = calibration.items()
+        conversion = self.convert(module, spec, precision, feeds, path, int8_io=int8_io,
+                                  allow_fallback=allow_fallback, static_route=static_route)
+        write_bytes_atomic(path, rename_signature(Path(path).read_bytes(), BATCH.entry_point(size)))
+        conversion.details["buckets"] = {"axis": BATCH.name, "batch_sizes": [size],
+                                         "entry_points": {str(size): BATCH.entry_point(size)}}
+        return conversion
+
+    def multi_batch_reason(self, precision) -> str | None:
+        if precision not in self.MULTI_LENGTH_PRECISIONS:
+            return "static int8 calibrates one signature at a time; one artifact per batch size instead"
         return None
 
     @staticmethod

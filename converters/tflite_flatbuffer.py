@@ -341,3 +341,15 @@ def share_across_signatures(content: bytes) -> tuple[bytes, dict]:
 # Tensor names longer than this keep their last characters in a multi-signature file (litert-torch writes the
 # whole module scope, kilobytes per tensor, in every signature).
 NAME_LIMIT = 96
+
+
+def rename_signature(content: bytes, name: str) -> bytes:
+    """A single-signature flatbuffer with its signature renamed to `name` (e.g. `batch4`: the entry point name
+    `device_runtime.buckets` routes to; litert-torch names it `serving_default`)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    if len(model.signatureDefs or []) != 1:
+        raise ConversionError(f"expected one signature to rename to {name!r}, found {len(model.signatureDefs or [])}")
+    model.signatureDefs[0].signatureKey = name
+    return _serialize(model)

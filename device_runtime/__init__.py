@@ -45,7 +45,9 @@ def load(path: str | os.PathLike, backend: str | None = None, num_threads: int |
 
     Sequence-length buckets: an artifact exported with `--seq-lens` opens as a `BucketedSession` that pads each
     request to the smallest length it holds (`session.lengths`); a longer one raises `SequenceTooLongError`
-    unless `truncate=True`. Naming an entry point (`method=` for .pte, `signature=` for .tflite) opens just that one."""
+    unless `truncate=True`. Batch buckets (`--batch-sizes`, .pte/.tflite) open as a `BucketedSession` over the
+    batch axis (`session.batch_sizes`): fewer rows are padded to the smallest bucket that fits, more run in chunks
+    of the largest. Naming an entry point (`method=` for .pte, `signature=` for .tflite) opens just that one."""
     fmt = sniff_format(path)
     chosen = choose_backend(fmt, backend)
     start = time.perf_counter()

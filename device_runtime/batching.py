@@ -17,7 +17,9 @@ queue with `max_queue_size`) and Ray Serve's `@serve.batch(max_batch_size, batch
 batch, an exception returned in a request's slot fails that request alone. `session_batch_runner(session_or_pool)` adapts
 a `Session` or `SessionPool`: where every input and output has a dynamic (or matching) axis 0, feeds are
 concatenated along axis 0, run once and the outputs split back; otherwise each feed runs on its own, and
-`metrics()["batching"]` says so: batching is real only where the artifact takes a batch.
+`metrics()["batching"]` says so: batching is real only where the artifact takes a batch. A `.pte` or `.tflite`
+exported with `--batch-sizes` opens as a `BucketedSession` whose axis 0 is dynamic (it pads the stacked rows to
+its smallest bucket that fits, and runs more than its largest in chunks), so it is concatenated too.
 
     >>> with Batcher(session_batch_runner(session), max_batch_size=8, max_queue_delay_ms=2) as batcher:
     ...     logits, = batcher.submit(feed).result()       # from many threads
@@ -255,7 +257,8 @@ def batch_axis_mode(session) -> tuple[str, str]:
                                f"add up to it, else run one by one")
     first = ins[0]
     return "per-item", (f"axis 0 of {first.name} is fixed at {first.shape[0]} (exported with a static batch): "
-                        f"each request runs on its own; export with a dynamic batch axis for real batching")
+                        f"each request runs on its own; export with a dynamic batch axis (ONNX --dynamic-batch) or "
+                        f"batch buckets (--batch-sizes 1,2,4,8) for real batching")
 
 
 def _in_order(session, feed: Any) -> list[np.ndarray]:

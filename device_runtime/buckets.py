@@ -1,22 +1,32 @@
-"""Sequence-length buckets: one artifact holding several input lengths, and the session that routes to them.
+"""Buckets: one artifact holding several sizes of one input axis, and the session that routes to them.
 
-An edge app's sentences come in every length; padding each to 128 tokens spends most of the compute on
-padding. `pocketformer export --seq-lens 16,32,64,128` writes one artifact with an entry point per length and
-the weights stored once: an ExecuTorch program with a method per length (`seq16`, ..., plus `forward`, the
-largest), a TFLite file with a signature per length (`seq16`, ...), or an ONNX model with a dynamic sequence
-axis whose verified lengths are listed in its metadata. `device_runtime.load` sees the buckets and returns a
-`BucketedSession`, which pads each request to the smallest bucket that fits and runs that entry point.
+Two axes, one mechanism (`BucketAxis`):
 
-Padding is exact for the BERT family: padded positions get token id 0 ([PAD]), attention mask 0 and token
-type 0, so attention never sees them, and per-token outputs are cut back to the request's length.
-A request longer than the largest bucket is a `SequenceTooLongError` naming the largest bucket, unless the
-session was loaded with `truncate=True` (which keeps the first tokens; a tokenizer that truncates itself, keeping
-the final [SEP], is better still: `sdk.feeds` does so at the largest bucket).
+- Sequence length (the BERT family, `export --seq-lens 16,32,64,128`). An edge app's sentences come in every
+  length; padding each to 128 tokens spends most of the compute on padding. Entry points `seq16`, ...
+  (ExecuTorch: plus `forward`, the largest), or an ONNX model with a dynamic sequence axis whose verified
+  lengths are in its metadata. Padding is exact for the BERT family: padded positions get token id 0 ([PAD]),
+  attention mask 0 and token type 0, so attention never sees them, and per-token outputs are cut back to the
+  request's length. A request longer than the largest bucket is a `SequenceTooLongError` naming the largest
+  bucket, unless the session was loaded with `truncate=True` (which keeps the first tokens; a tokenizer that
+  truncates itself, keeping the final [SEP], is better still: `sdk.feeds` does so at the largest bucket).
+- Batch (the vision families, `export --batch-sizes 1,2,4,8`). A `.pte` or `.tflite` has fixed shapes, so a
+  batch axis that a `Batcher` can stack requests on needs one entry point per batch size: `batch1`, `batch2`,
+  ... (ExecuTorch: plus `forward` = the smallest, batch 1, so tools that run `forward` still work; the program
+  records the axis). A feed of N rows runs
+  in the smallest bucket of at least N rows, padded with rows of zeros, and the outputs are cut back to N rows
+  (rows are independent in these models, so padding changes nothing). N above the largest bucket is split into
+  chunks of the largest (the last one padded) rather than refused: a batch is a throughput choice, never a
+  reason to fail a request. ONNX keeps its dynamic batch axis (any N runs as N rows: nothing to pad) and
+  records the verified sizes in its metadata (`ONNX_BATCH_METADATA_KEY`, `session.batch_sizes`).
+
+`device_runtime.load` sees an artifact's buckets and returns a `BucketedSession` (`session.lengths` or
+`session.batch_sizes`), which `session_batch_runner` sees as a dynamic batch axis.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -24,12 +34,40 @@ import numpy as np
 from device_runtime.errors import ShapeError, UsageError
 from device_runtime.session import Session, TensorInfo
 
-SEQUENCE_AXIS = 1  # (batch, sequence, ...): the BERT family's inputs and per-token outputs
-# The entry point of one length; the one naming rule shared by the converters and the backends.
+
+@dataclass(frozen=True)
+class BucketAxis:
+    """One axis an artifact may hold several sizes of: where it is, how its entry points are named, what
+    happens beyond the largest size. The one naming rule shared by the converters and the backends."""
+
+    name: str          # "sequence", "batch": the axis' name in TensorInfo.dynamic_axes and in reports
+    index: int         # its position in the inputs (and in the outputs that follow it)
+    prefix: str        # entry points are named prefix + size: seq16, batch4
+    flag: str          # the export flag that makes such an artifact (for messages)
+    chunks: bool       # beyond the largest bucket: split into chunks of it (True), or refuse (False)
+    # With one bucket in one session, an output follows the axis where its dim is dynamic, or (for an axis
+    # every output leads with: batch) equal to the bucket.
+    outputs_lead: bool
+
+    def entry_point(self, size: int) -> str:
+        return f"{self.prefix}{int(size)}"
+
+    def sizes_from_entry_points(self, names: Sequence[str]) -> dict[int, str]:
+        """{size: name} of the entry points named by this axis (others, like `forward`, are ignored)."""
+        pattern = re.compile(rf"^{re.escape(self.prefix)}(\d+)$")
+        return {int(m.group(1)): name for name in names if (m := pattern.match(name))}
+
+
+SEQUENCE = BucketAxis("sequence", 1, "seq", "--seq-lens", chunks=False, outputs_lead=False)
+BATCH = BucketAxis("batch", 0, "batch", "--batch-sizes", chunks=True, outputs_lead=True)
+AXES = {axis.name: axis for axis in (SEQUENCE, BATCH)}
+
+SEQUENCE_AXIS = SEQUENCE.index  # (batch, sequence, ...): the BERT family's inputs and per-token outputs
 ENTRY_POINT = "seq{length}"
-_ENTRY_POINT_RE = re.compile(r"^seq(\d+)$")
 # The ONNX metadata_props key holding the verified lengths of a dynamic-axis model (JSON list of ints).
 ONNX_METADATA_KEY = "pocketformer.buckets"
+# The ONNX metadata_props key holding the verified batch sizes of a dynamic-batch model (JSON list of ints).
+ONNX_BATCH_METADATA_KEY = "pocketformer.batch_sizes"
 
 
 class SequenceTooLongError(ShapeError):
@@ -37,110 +75,169 @@ class SequenceTooLongError(ShapeError):
 
 
 def entry_point(length: int) -> str:
-    return ENTRY_POINT.format(length=int(length))
+    return SEQUENCE.entry_point(length)
 
 
 def lengths_from_entry_points(names: Sequence[str]) -> dict[int, str]:
     """{length: name} for the entry points named by `ENTRY_POINT` (others, like `forward`, are ignored)."""
-    found = {}
-    for name in names:
-        match = _ENTRY_POINT_RE.match(name)
-        if match:
-            found[int(match.group(1))] = name
-    return found
+    return SEQUENCE.sizes_from_entry_points(names)
 
 
-def parse_lengths(text: str | Sequence[int]) -> list[int]:
-    """`"16,32,64"` (or a list) -> sorted distinct positive lengths; a UsageError names a bad one."""
+def buckets_from_entry_points(names: Sequence[str], every: bool = False) -> tuple[BucketAxis | None, dict[int, str]]:
+    """The axis whose naming rule `names` follow and {size: name}; (None, {}) when none does. `every`: every
+    name must be one of that axis' entry points (a TFLite file's signatures)."""
+    for axis in AXES.values():
+        found = axis.sizes_from_entry_points(names)
+        if found and (not every or len(found) == len(names)):
+            return axis, found
+    return None, {}
+
+
+def _parse_sizes(text: str | Sequence[int], what: str, minimum: int, example: str) -> list[int]:
     parts = text.split(",") if isinstance(text, str) else list(text)
-    lengths = set()
+    sizes = set()
     for part in parts:
         try:
             value = int(str(part).strip())
         except ValueError:
-            raise UsageError(f"sequence lengths must be integers, got {part!r} in {text!r}") from None
-        if value < 2:
-            raise UsageError(f"a sequence length must be at least 2 ([CLS] and [SEP]), got {value}")
-        lengths.add(value)
-    if not lengths:
-        raise UsageError("no sequence lengths given (e.g. --seq-lens 16,32,64,128)")
-    return sorted(lengths)
+            raise UsageError(f"{what}s must be integers, got {part!r} in {text!r}") from None
+        if value < minimum:
+            raise UsageError(f"a {what} must be at least {minimum}"
+                             f"{' ([CLS] and [SEP])' if what == 'sequence length' else ''}, got {value}")
+        sizes.add(value)
+    if not sizes:
+        raise UsageError(f"no {what}s given (e.g. {example})")
+    return sorted(sizes)
+
+
+def parse_lengths(text: str | Sequence[int]) -> list[int]:
+    """`"16,32,64"` (or a list) -> sorted distinct positive lengths; a UsageError names a bad one."""
+    return _parse_sizes(text, "sequence length", 2, "--seq-lens 16,32,64,128")
+
+
+def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
+    """`"1,2,4,8"` (or a list) -> sorted distinct batch sizes >= 1; a UsageError names a bad one."""
+    return _parse_sizes(text, "batch size", 1, "--batch-sizes 1,2,4,8")
 
 
 class BucketedSession(Session):
-    """A `Session` over an artifact's sequence-length buckets: each run goes to the smallest bucket that fits.
+    """A `Session` over an artifact's buckets along one axis (`axis`: sequence or batch): each run goes to the
+    smallest bucket that fits, padded with zeros along that axis, and the outputs that follow the axis are cut
+    back to the request's size.
 
-    Built by `device_runtime.load` from the first session it opened (its `buckets` say which entry points
-    exist) and `open_entry(name)`, which opens another entry point of the same file. Inputs with the
-    sequence axis take any length up to `lengths[-1]`; everything else (validation, value ranges, hooks,
-    thread safety, benchmarks) is `Session`'s. One lock covers all buckets where the runtime is not re-entrant,
-    as a single session's does.
+    Built by `device_runtime.load` from the first session it opened (its `buckets` and `bucket_axis` say which
+    entry points exist) and `open_entry(name)`, which opens another entry point of the same file. Inputs with
+    the axis take any size up to the largest bucket (any size at all for the batch axis: larger feeds run in
+    chunks of the largest); everything else (validation, value ranges, hooks, thread safety, benchmarks) is
+    `Session`'s. One lock covers all buckets where the runtime is not re-entrant, as a single session's does.
+    `sizes` are the buckets; `lengths` (sequence) or `batch_sizes` (batch) name them for their axis and are
+    empty for the other.
     """
 
     def __init__(self, first: Session, open_entry: Callable[[str], Session], truncate: bool = False) -> None:
         super().__init__(first.path, first.num_threads)
         self.format, self.backend, self.reentrant = first.format, first.backend, first.reentrant
+        self.axis = AXES[getattr(first, "bucket_axis", SEQUENCE.name)]
         self.truncate = bool(truncate)
-        self.lengths = sorted(first.buckets)
+        self.sizes = sorted(first.buckets)
+        self.lengths = self.sizes if self.axis is SEQUENCE else []
+        self.batch_sizes = self.sizes if self.axis is BATCH else []
         first_entry = getattr(first, "entry_point", None)
         self._sessions: dict[int, Session] = {}
-        for length in self.lengths:
-            name = first.buckets[length]
-            self._sessions[length] = first if name is None or name == first_entry else open_entry(name)
-        largest = self._sessions[self.lengths[-1]]
-        self._sequence_inputs = [i for i, t in enumerate(largest._inputs) if _has_sequence_axis(t, self.lengths[-1])]
-        if not self._sequence_inputs:
-            raise UsageError(f"{first.path} lists sequence buckets {self.lengths} but no input has a sequence axis")
-        self._inputs = [_variable(t) if i in self._sequence_inputs else t for i, t in enumerate(largest._inputs)]
-        self._sequence_outputs = self._per_token_outputs()
-        self._outputs = [_variable(t) if i in self._sequence_outputs else t for i, t in enumerate(largest._outputs)]
+        for size in self.sizes:
+            name = first.buckets[size]
+            self._sessions[size] = first if name is None or name == first_entry else open_entry(name)
+        largest = self._sessions[self.sizes[-1]]
+        self._bucketed_inputs = [i for i, t in enumerate(largest._inputs) if self._follows(t, self.sizes[-1])]
+        if not self._bucketed_inputs:
+            raise UsageError(f"{first.path} lists {self.axis.name} buckets {self.sizes} but no input has a "
+                             f"{self.axis.name} axis")
+        self._inputs = [self._variable(t) if i in self._bucketed_inputs else t for i, t in enumerate(largest._inputs)]
+        self._bucketed_outputs = self._following_outputs()
+        self._outputs = [self._variable(t) if i in self._bucketed_outputs else t
+                         for i, t in enumerate(largest._outputs)]
 
-    def _per_token_outputs(self) -> set[int]:
-        """Outputs whose sequence axis follows the bucket (cut back to the request's length after a run)."""
-        if len(self.lengths) > 1 and len({id(s) for s in self._sessions.values()}) > 1:
-            small, large = self._sessions[self.lengths[0]], self._sessions[self.lengths[-1]]
+    def _following_outputs(self) -> set[int]:
+        """Outputs whose axis follows the bucket (cut back to the request's size after a run)."""
+        axis = self.axis.index
+        if len(self.sizes) > 1 and len({id(s) for s in self._sessions.values()}) > 1:
+            small, large = self._sessions[self.sizes[0]], self._sessions[self.sizes[-1]]
             return {i for i, (a, b) in enumerate(zip(small._outputs, large._outputs))
-                    if len(a.shape) > SEQUENCE_AXIS and a.shape[SEQUENCE_AXIS] != b.shape[SEQUENCE_AXIS]}
-        only = self._sessions[self.lengths[-1]]  # one dynamic-axis model
-        return {i for i, t in enumerate(only._outputs) if _has_sequence_axis(t, None)}
+                    if len(a.shape) > axis and a.shape[axis] != b.shape[axis]}
+        only = self._sessions[self.sizes[-1]]  # one dynamic-axis model, or a single bucket
+        return {i for i, t in enumerate(only._outputs)
+                if self._follows(t, self.sizes[-1] if self.axis.outputs_lead else None)}
 
-    def route(self, length: int) -> int:
-        """The bucket a request of `length` tokens runs in (raises `SequenceTooLongError` beyond the largest,
-        unless `truncate`)."""
-        for bucket in self.lengths:
-            if length <= bucket:
+    def _follows(self, info: TensorInfo, size: int | None) -> bool:
+        if len(info.shape) <= self.axis.index:
+            return False
+        dim = info.shape[self.axis.index]
+        return dim is None or (size is not None and dim == size)
+
+    def _variable(self, info: TensorInfo) -> TensorInfo:
+        shape = list(info.shape)
+        shape[self.axis.index] = None
+        return replace(info, shape=tuple(shape), dynamic_axes={**info.dynamic_axes, self.axis.index: self.axis.name})
+
+    def route(self, size: int) -> int:
+        """The bucket a request of `size` (tokens, or rows) runs in. Beyond the largest: the largest for the
+        batch axis (run in chunks of it); `SequenceTooLongError` for the sequence axis, unless `truncate`."""
+        for bucket in self.sizes:
+            if size <= bucket:
                 return bucket
-        if self.truncate:
-            return self.lengths[-1]
+        if self.truncate or self.axis.chunks:
+            return self.sizes[-1]
         raise SequenceTooLongError(
-            f"a sequence of {length} tokens is longer than the largest bucket of {self.path}, "
-            f"{self.lengths[-1]} (buckets: {', '.join(map(str, self.lengths))}); tokenize with truncation at "
-            f"{self.lengths[-1]}, load with truncate=True, or re-export with a larger --seq-lens")
+            f"a sequence of {size} tokens is longer than the largest bucket of {self.path}, "
+            f"{self.sizes[-1]} (buckets: {', '.join(map(str, self.sizes))}); tokenize with truncation at "
+            f"{self.sizes[-1]}, load with truncate=True, or re-export with a larger --seq-lens")
+
+    def buckets_for(self, size: int) -> list[int]:
+        """The bucket of each run a request of `size` takes: one, or (batch axis, beyond the largest) one per
+        chunk of the largest and one for the rest."""
+        largest = self.sizes[-1]
+        if size <= largest or not self.axis.chunks:
+            return [self.route(size)]
+        full, rest = divmod(size, largest)
+        return [largest] * full + ([self.route(rest)] if rest else [])
+
+    def _size_of(self, arrays: Sequence[np.ndarray]) -> int:
+        axis, first = self.axis.index, self._bucketed_inputs[0]
+        size = int(arrays[first].shape[axis])
+        for i in self._bucketed_inputs[1:]:
+            if arrays[i].shape[axis] != size:
+                raise ShapeError(f"input {self._inputs[i].name!r} has {arrays[i].shape[axis]} along the "
+                                 f"{self.axis.name} axis, {self._inputs[first].name!r} has {size}: they must agree")
+        return size
 
     def padded(self, arrays: Sequence[np.ndarray]) -> tuple[int, int, list[np.ndarray]]:
-        """(request length, bucket, the arrays padded with zeros, or truncated, to that bucket)."""
-        length = int(arrays[self._sequence_inputs[0]].shape[SEQUENCE_AXIS])
-        for i in self._sequence_inputs[1:]:
-            if arrays[i].shape[SEQUENCE_AXIS] != length:
-                raise ShapeError(f"input {self._inputs[i].name!r} has {arrays[i].shape[SEQUENCE_AXIS]} tokens, "
-                                 f"{self._inputs[self._sequence_inputs[0]].name!r} has {length}: they must agree")
-        bucket = self.route(length)
+        """(request size, bucket, the arrays padded with zeros, or cut, to that bucket). A batch larger than
+        the largest bucket is cut here; `_execute` runs it in chunks instead."""
+        size = self._size_of(arrays)
+        bucket = self.route(size)
         out = list(arrays)
-        for i in self._sequence_inputs:
-            a = arrays[i]
-            if length > bucket:
-                out[i] = np.ascontiguousarray(a[:, :bucket])
-            elif length < bucket:
-                pad = [(0, 0)] * a.ndim
-                pad[SEQUENCE_AXIS] = (0, bucket - length)
-                out[i] = np.pad(a, pad)  # zeros: [PAD] ids, mask 0, token type 0
-        return length, bucket, out
+        for i in self._bucketed_inputs:
+            out[i] = _fit(arrays[i], self.axis.index, bucket)  # zeros: [PAD] ids, mask 0, token type 0; blank rows
+        return size, bucket, out
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        length, bucket, padded = self.padded(arrays)
+        size = self._size_of(arrays)
+        largest = self.sizes[-1]
+        if size > largest and self.axis.chunks:
+            parts = [self._execute_bucket([np.take(a, range(start, min(start + largest, size)), axis=self.axis.index)
+                                           if i in self._bucketed_inputs else a for i, a in enumerate(arrays)])
+                     for start in range(0, size, largest)]
+            return [np.concatenate([p[i] for p in parts], axis=self.axis.index) if i in self._bucketed_outputs
+                    else parts[0][i] for i in range(len(parts[0]))]
+        return self._execute_bucket(arrays)
+
+    def _execute_bucket(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        size, bucket, padded = self.padded(arrays)
         outputs = self._sessions[bucket]._execute(padded)
-        keep = min(length, bucket)
-        return [o[:, :keep] if i in self._sequence_outputs else o for i, o in enumerate(outputs)]
+        keep = min(size, bucket)
+        index = [slice(None)] * (self.axis.index + 1)
+        index[self.axis.index] = slice(0, keep)
+        return [o[tuple(index)] if i in self._bucketed_outputs else o for i, o in enumerate(outputs)]
 
     def profile(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, runs: int = 10, warmup: int = 2):
         """The per-operator profile of the bucket this feed is routed to."""
@@ -148,11 +245,12 @@ class BucketedSession(Session):
         return self._sessions[bucket].profile(padded, runs=runs, warmup=warmup)
 
     def example_feed(self) -> dict[str, np.ndarray]:
-        return self._sessions[self.lengths[-1]].example_feed()
+        """The largest length (a full sentence), or one row (a single request) for the batch axis."""
+        return self._sessions[self.sizes[0] if self.axis is BATCH else self.sizes[-1]].example_feed()
 
     def _backend_info(self) -> dict[str, Any]:
-        largest = self._sessions[self.lengths[-1]]
-        return {**largest._backend_info(), "buckets": self.lengths,
+        largest = self._sessions[self.sizes[-1]]
+        return {**largest._backend_info(), "buckets": self.sizes, "bucket_axis": self.axis.name,
                 "entry_points": {str(k): getattr(s, "entry_point", None) for k, s in self._sessions.items()}}
 
     def close(self) -> None:
@@ -160,14 +258,15 @@ class BucketedSession(Session):
             session.close()
 
 
-def _has_sequence_axis(info: TensorInfo, length: int | None) -> bool:
-    if len(info.shape) <= SEQUENCE_AXIS:
-        return False
-    dim = info.shape[SEQUENCE_AXIS]
-    return dim is None or (length is not None and dim == length)
-
-
-def _variable(info: TensorInfo) -> TensorInfo:
-    shape = list(info.shape)
-    shape[SEQUENCE_AXIS] = None
-    return replace(info, shape=tuple(shape), dynamic_axes={**info.dynamic_axes, SEQUENCE_AXIS: "sequence"})
+def _fit(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`array` cut or padded with zeros to `size` along `axis`."""
+    have = array.shape[axis]
+    if have > size:
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(0, size)
+        return np.ascontiguousarray(array[tuple(index)])
+    if have < size:
+        pad = [(0, 0)] * array.ndim
+        pad[axis] = (0, size - have)
+        return np.pad(array, pad)
+    return array

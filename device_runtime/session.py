@@ -127,6 +127,8 @@ class Session:
     # device_runtime.buckets), and the open option that selects an entry point ("method", "signature").
     buckets: dict = {}
     entry_point_option: str | None = None
+    # The axis those buckets are sizes of: "sequence" (`--seq-lens`) or "batch" (`--batch-sizes`).
+    bucket_axis: str = "sequence"
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
         self.path = str(path)

@@ -76,7 +76,8 @@ def cmd_export(args, option_dests: list[str]) -> int:
     options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
-                     seq_len=args.seq_len, seq_lens=args.seq_lens, pack=args.pack, calibration=args.calibration,
+                     seq_len=args.seq_len, seq_lens=args.seq_lens, pack=args.pack, batch_sizes=args.batch_sizes,
+                     calibration=args.calibration,
                      progress=progress, **options)
     for result in results:
         print(result.summary())
@@ -214,6 +215,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                      help="BERT family: export the packed entry point instead, rows of CAPACITY tokens holding up "
                           "to SEGMENTS sentences (block-diagonal attention; e.g. 128x16); verified, and each "
                           "sentence's output equals running it alone")
+    exp.add_argument("--batch-sizes", metavar="N,N,...",
+                     help="vision families: several batch sizes in one step (e.g. 1,2,4,8), each verified on distinct "
+                          "real images: one artifact holding them all (pte methods batch1.. and forward=batch1, tflite signatures, the "
+                          "ONNX dynamic batch axis; om: ATC profiles); the runtime pads fewer rows to the smallest "
+                          "that fits and runs more in chunks, so a Batcher gets real batches")
     exp.add_argument("--calibration", metavar="PATH",
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")

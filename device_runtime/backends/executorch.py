@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from device_runtime.buckets import buckets_from_entry_points
 from device_runtime.errors import CorruptArtifactError, UsageError
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
@@ -44,8 +45,9 @@ from device_runtime.session import Session, TensorInfo, with_value_ranges
 # (value ranges inclusive; checked by `Session._validate`: the int8 embedding kernel aborts on a bad id).
 META_METHOD = "pocketformer_meta"
 META_INPUTS, META_OUTPUTS, META_VALUE_RANGES = "inputs", "outputs", "value_ranges"
-# {length: method} of a multi-length program (device_runtime.buckets); `forward` is its largest length.
-META_BUCKETS = "buckets"
+# {size: method} of a multi-length program (`seq<N>`; `forward` is its largest length) or of a multi-batch one
+# (`batch<N>`; `forward` is the smallest), and the axis they are sizes of: device_runtime.buckets.
+META_BUCKETS, META_BUCKET_AXIS = "buckets", "bucket_axis"
 FILE_IDENTIFIER_PREFIX = b"ET"  # bytes 4..6 of a .pte; bytes 6..8 are the schema version
 # ExecuTorch ScalarType codes (c10 numbering).
 SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
@@ -175,6 +177,9 @@ class ExecuTorchSession(Session):
         self._outputs = [self._info(n, mm.output_tensor_meta(i)) for i, n in enumerate(out_names)]
         self.entry_point = method
         self.buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
+        # Which axis: recorded (a batch program), else from the methods' names (seq16: a multi-length program).
+        axis, _ = buckets_from_entry_points(list(self.buckets.values()))
+        self.bucket_axis = meta.get(META_BUCKET_AXIS) or (axis.name if axis else "sequence")
 
     @staticmethod
     def _embedded_meta(program) -> dict:

@@ -34,7 +34,7 @@ from device_runtime.errors import BackendUnavailableError, CorruptArtifactError,
 from device_runtime.profile import OpProfile, OpProfileRow  # the shared per-operator table
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
                                      requires_module)
-from device_runtime.buckets import ONNX_METADATA_KEY
+from device_runtime.buckets import ONNX_BATCH_METADATA_KEY, ONNX_METADATA_KEY
 from device_runtime.session import Session, TensorInfo, with_value_ranges
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -122,6 +122,9 @@ class OnnxRuntimeSession(Session):
         self._outputs = [self._info(o) for o in self._session.get_outputs()]
         self._input_names = [t.name for t in self._inputs]
         self.buckets = {length: None for length in self._metadata(ONNX_METADATA_KEY, [])}
+        # `export --batch-sizes`: the batch axis is dynamic (any number of rows runs as it is); these are the
+        # sizes the export verified against PyTorch.
+        self.batch_sizes = sorted(int(n) for n in self._metadata(ONNX_BATCH_METADATA_KEY, []))
 
     def _value_ranges(self) -> dict:
         """The ranges recorded in the model's metadata_props ({} for a foreign or older model, or unreadable)."""

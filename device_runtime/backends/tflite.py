@@ -24,7 +24,7 @@ from device_runtime.backends.tflite_verifier import FILE_IDENTIFIER, verify_flat
 from device_runtime.errors import CorruptArtifactError, InputError, UsageError
 from device_runtime.registry import Backend, Format, read_head, register_backend, register_format
 from device_runtime.registry import module_present as _module_present  # tests replace this name
-from device_runtime.buckets import lengths_from_entry_points
+from device_runtime.buckets import buckets_from_entry_points
 from device_runtime.session import QuantParams, Session, TensorInfo
 
 
@@ -116,9 +116,9 @@ class TFLiteSession(Session):
         except (ValueError, RuntimeError, KeyError, UnicodeDecodeError) as exc:
             raise CorruptArtifactError(f"{runtime} could not describe the inputs/outputs of {path}: {exc}") from None
         self.entry_point = self.signature
-        # A multi-length file names one signature per length (device_runtime.buckets.ENTRY_POINT).
-        lengths = lengths_from_entry_points(list(signatures))
-        self.buckets = lengths if len(lengths) == len(signatures) and lengths else {}
+        # A multi-length (or multi-batch) file names one signature per size (device_runtime.buckets.BucketAxis).
+        axis, self.buckets = buckets_from_entry_points(list(signatures), every=True)
+        self.bucket_axis = axis.name if axis else "sequence"
 
     def _init_signature(self, sdef: dict) -> None:
         self._runner = self._interpreter.get_signature_runner(self.signature)
