@@ -2,16 +2,26 @@
 the registries (`list_models()`, `list_converters()`), never from lists typed here."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import getpass
+import hashlib
+import importlib.metadata
+import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT_CACHE = ROOT / ".cache" / "test-exports"  # git-ignored
+EXPORT_CACHE_KEPT = 8  # cached exports kept (most recently used first)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +36,75 @@ def export_tiny(tmp_path_factory):
         return export(model, fmt, precision, out_dir=root / fmt, tiny=True, **options)[0]
 
     return run
+
+
+def _export_key(args: dict) -> str:
+    """What a cached export depends on: its arguments, the SDK's sources and every installed package's version."""
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode() + str(ROOT).encode())
+    for package in ("converters", "device_runtime", "models_zoo", "sdk"):
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for dist in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
+        digest.update(dist.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _cached_results(folder: Path):
+    """The ExportResults of a finished cached export whose artifacts still match their entries, else None."""
+    done = folder / "results.pkl"
+    if not done.is_file():
+        return None
+    try:
+        results = pickle.loads(done.read_bytes())
+    except Exception:  # written by another version of the SDK's classes: export again
+        return None
+    if not all(r.entry.matches(r.path) for r in results):
+        return None
+    done.touch()  # most recently used
+    return results
+
+
+@pytest.fixture(scope="session")
+def cached_export():
+    """`cached_export(model, formats, precision, **options)` -> [ExportResult] of `sdk.export` of the tiny variant,
+    made once for every test module, xdist worker and run that asks for the same export of the same sources.
+
+    The export goes to .cache/test-exports/<key>/ (the key hashes the arguments, the SDK's sources and the
+    installed packages' versions); a worker asking while another exports waits on its lock, then reads its
+    results. An entry whose artifacts no longer match their manifest entries, or that was left half-written, is
+    exported again. Tests must not modify what it returns (copy first)."""
+    from sdk.pipeline import export
+
+    memo: dict[str, list] = {}
+
+    def run(model: str, formats, precision: str | None = None, **options):
+        formats = [formats] if isinstance(formats, str) else list(formats)
+        key = _export_key({"model": model, "formats": formats, "precision": precision, **options})
+        if key not in memo:
+            EXPORT_CACHE.mkdir(parents=True, exist_ok=True)
+            folder = EXPORT_CACHE / key
+            with open(EXPORT_CACHE / f"{key}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                results = _cached_results(folder)
+                if results is None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    results = export(model, formats, precision, out_dir=folder / "out", tiny=True, **options)
+                    (folder / "results.pkl").write_bytes(pickle.dumps(results))  # last: marks it complete
+                    _prune_export_cache(keep=folder)
+            memo[key] = results
+        return memo[key]
+
+    return run
+
+
+def _prune_export_cache(keep: Path) -> None:
+    """Keep the most recently used cached exports (and any being written: they have no results yet)."""
+    done = sorted((p for p in EXPORT_CACHE.glob("*/results.pkl") if p.parent != keep),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in done[EXPORT_CACHE_KEPT - 1:]:
+        shutil.rmtree(old.parent, ignore_errors=True)
+        (EXPORT_CACHE / f"{old.parent.name}.lock").unlink(missing_ok=True)
 
 
 # -- a real OpenSSH server on 127.0.0.1 (tests/test_remote.py, tests/test_arm64_board.py) --------------------

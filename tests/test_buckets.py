@@ -1,9 +1,10 @@
 """Sequence-length buckets (`export --seq-lens`): one artifact per format holding several lengths, verified at
 each, and a `BucketedSession` that routes each request to the smallest length that fits.
 
-Tiny TinyBERT at lengths 8 and 16: the real verification sentences run 13 to 24 tokens (13 to 16 at the largest
-length), so unpadded they all go to the 16 bucket; hand-made sentences reach the 8 one, and some are longer than
-the largest."""
+Tiny TinyBERT at lengths 16 and 32: the real verification sentences run 13 to 24 tokens, so unpadded they are
+routed to both buckets; hand-made sentences are too, and some are longer than the largest one.
+The export is tests/conftest.py's `cached_export`, shared with tests/test_packing.py (serve-bench's bucketed
+configuration) across modules, xdist workers and runs of the same sources."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,18 +16,14 @@ from device_runtime.buckets import parse_lengths
 from device_runtime.errors import UsageError
 
 BERT = "tinybert_4l_312d"
-LENGTHS = "8,16"
+LENGTHS = "16,32"
 FORMATS = ["pte", "tflite", "onnx"]
 
 
 @pytest.fixture(scope="module")
-def bucketed(tmp_path_factory):
+def bucketed(cached_export):
     """{format: ExportResult} of one multi-length export of the three runnable formats (one build)."""
-    from sdk import export
-
-    out = tmp_path_factory.mktemp("buckets")
-    results = export(BERT, FORMATS, "fp32", out, tiny=True, seq_lens=LENGTHS)
-    return {r.format: r for r in results}
+    return {r.format: r for r in cached_export(BERT, FORMATS, "fp32", seq_lens=LENGTHS)}
 
 
 def _sentence(length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -40,28 +37,28 @@ def _sentence(length: int, seed: int = 0) -> dict[str, np.ndarray]:
 def test_one_artifact_holds_every_length_and_each_is_verified(bucketed, fmt):
     result = bucketed[fmt]
     assert result.passed, result.parity["failures"]
-    assert result.path.parent.name == "fp32-seqs8-16"
-    assert sorted(result.parity["lengths"]) == ["16", "8"]
+    assert result.path.parent.name == "fp32-seqs16-32"
+    assert sorted(result.parity["lengths"]) == ["16", "32"]
     for figures in result.parity["lengths"].values():
         assert 0 < figures["lowering"]["max_abs_err"] < 1e-4  # real outputs, compared, not skipped
-    # Unpadded sentences were each routed to the smallest bucket that fits (13 tokens or more: all to 16) and
-    # agree with PyTorch on the unpadded sentence.
+    # Unpadded sentences (13 to 24 tokens) were each routed to the smallest bucket that fits, both buckets were
+    # used, and they agree with PyTorch on the unpadded sentence.
     unpadded = result.parity["unpadded"]
-    assert unpadded["routed_to"] == [8 if n <= 8 else 16 for n in unpadded["token_counts"]]
-    assert set(unpadded["routed_to"]) == {16}
+    assert unpadded["routed_to"] == [16 if n <= 16 else 32 for n in unpadded["token_counts"]]
+    assert sorted(set(unpadded["routed_to"])) == [16, 32]
     assert unpadded["max_abs_err"] < 1e-4 and unpadded["cosine"] > 0.9999
-    assert result.entry.details["buckets"]["lengths"] == [8, 16]
+    assert result.entry.details["buckets"]["lengths"] == [16, 32]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_requests_route_to_the_smallest_bucket_and_padding_changes_nothing(bucketed, fmt):
     session = device_runtime.load(bucketed[fmt].path, adapt_io=True)
-    assert isinstance(session, BucketedSession) and session.lengths == [8, 16]
-    assert [session.route(n) for n in (3, 8, 9, 16)] == [8, 8, 16, 16]
+    assert isinstance(session, BucketedSession) and session.lengths == [16, 32]
+    assert [session.route(n) for n in (3, 16, 17, 32)] == [16, 16, 32, 32]
     assert session.get_inputs()[0].shape[1] is None
-    for length in (5, 8, 11, 16):
+    for length in (5, 16, 23, 32):
         feed = _sentence(length, seed=length)
-        padded = {k: np.pad(v, [(0, 0), (0, 16 - length)]) for k, v in feed.items()}
+        padded = {k: np.pad(v, [(0, 0), (0, 32 - length)]) for k, v in feed.items()}
         # the same sentence padded by hand to the largest bucket: same logits as routed to the small one
         np.testing.assert_allclose(session.run(None, feed)[0], session.run(None, padded)[0], atol=2e-5)
 
@@ -69,19 +66,19 @@ def test_requests_route_to_the_smallest_bucket_and_padding_changes_nothing(bucke
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_request_longer_than_the_largest_bucket_is_refused_naming_it_unless_truncating(bucketed, fmt):
     session = device_runtime.load(bucketed[fmt].path, adapt_io=True)
-    with pytest.raises(SequenceTooLongError, match=r"17 tokens is longer than the largest bucket .*16"):
-        session.run(None, _sentence(17))
+    with pytest.raises(SequenceTooLongError, match=r"33 tokens is longer than the largest bucket .*32"):
+        session.run(None, _sentence(33))
     truncating = device_runtime.load(bucketed[fmt].path, adapt_io=True, truncate=True)
-    long = _sentence(20)
-    expected = session.run(None, {k: v[:, :16] for k, v in long.items()})[0]
+    long = _sentence(40)
+    expected = session.run(None, {k: v[:, :32] for k, v in long.items()})[0]
     np.testing.assert_allclose(truncating.run(None, long)[0], expected, atol=1e-6)
 
 
 def test_an_entry_point_named_opens_just_that_length(bucketed):
-    pte = device_runtime.load(bucketed["pte"].path, method="seq8")
-    assert not isinstance(pte, BucketedSession) and pte.get_inputs()[0].shape == (1, 8)
-    tfl = device_runtime.load(bucketed["tflite"].path, signature="seq16")
-    assert not isinstance(tfl, BucketedSession) and tfl.get_inputs()[0].shape == (1, 16)
+    pte = device_runtime.load(bucketed["pte"].path, method="seq16")
+    assert not isinstance(pte, BucketedSession) and pte.get_inputs()[0].shape == (1, 16)
+    tfl = device_runtime.load(bucketed["tflite"].path, signature="seq32")
+    assert not isinstance(tfl, BucketedSession) and tfl.get_inputs()[0].shape == (1, 32)
 
 
 def test_the_weights_are_stored_once(bucketed):

@@ -5,7 +5,9 @@ What each runtime does without the check (measured here, and asserted below so t
 vacuously): ExecuTorch's int8 `embedding_byte` kernel ET_CHECKs the index and aborts the whole process (SIGABRT);
 the fp32 `.pte` fails with error 0x12; LiteRT's EMBEDDING_LOOKUP fails ("index out of bounds"); ONNX Runtime's
 Gather fails on 40000 but silently wraps -5 (to id vocab-5) and returns other logits; a NaN pixel comes out as
-NaN logits. Bad feeds run in a child process, so an abort fails a test instead of killing the test session.
+NaN logits. Bad feeds run in a child process, so an abort fails a test instead of killing the test session:
+one child per artifact runs all of its cases and reports each (a case that aborts ends its child, and the next
+child carries on from the case after it), so each test still reads its own case's exit status, report and stderr.
 """
 from __future__ import annotations
 
@@ -28,38 +30,86 @@ VOCAB_MAX = 30521  # bert-base-uncased WordPiece: 30522 ids, inclusive range [0,
 # (format, precision) of every runnable format of the BERT family here; int8 .pte is the one that aborts.
 BERT_ARTIFACTS = [("pte", "fp32"), ("pte", "int8"), ("tflite", "fp32"), ("onnx", "fp32")]
 
-# The child: load, set one element of one input, run; report as one JSON line. `unchecked` strips the recorded
-# ranges first and turns the finiteness check off, i.e. what the runtime does without this feature.
+# The child: for each case, load, set one element of one input, run; report each case as one JSON line as soon as
+# it is done. `unchecked` strips the recorded ranges first and turns the finiteness check off, i.e. what the
+# runtime does without this feature. One child runs every case of an artifact (importing the runtime once);
+# where a case kills it (the int8 .pte's abort), the next child goes on from the case after it.
 CHILD = r"""
-import json, sys
+import json, sys, traceback
 from dataclasses import replace
 import numpy as np
 import device_runtime
-path, name, value, unchecked = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
-session = device_runtime.load(path, adapt_io=True)
-if unchecked:
-    session._inputs = [replace(t, value_range=None) for t in session._inputs]
-    session.allow_non_finite = True
-feed = session.example_feed()
-if name != "-":
-    arr = feed[name].copy()
-    arr.flat[3] = float(value) if np.issubdtype(arr.dtype, np.floating) else int(value)
-    feed[name] = arr
-try:
-    outputs = session.run(None, feed)
-except device_runtime.InputError as exc:
-    print(json.dumps({"error": type(exc).__name__, "message": str(exc)})); sys.exit(2)
-except device_runtime.ExecutionError as exc:
-    print(json.dumps({"error": type(exc).__name__, "message": str(exc)})); sys.exit(5)
-print(json.dumps({"error": None, "outputs": [o.astype(float).ravel().tolist() for o in outputs]}))
+path, cases = sys.argv[1], json.loads(sys.argv[2])
+for index, (name, value, unchecked) in enumerate(cases):
+    print(json.dumps({"case": index, "started": True}), flush=True)
+    try:
+        session = device_runtime.load(path, adapt_io=True)
+        if unchecked:
+            session._inputs = [replace(t, value_range=None) for t in session._inputs]
+            session.allow_non_finite = True
+        feed = session.example_feed()
+        if name != "-":
+            arr = feed[name].copy()
+            arr.flat[3] = float(value) if np.issubdtype(arr.dtype, np.floating) else int(value)
+            feed[name] = arr
+        outputs = session.run(None, feed)
+        rc, report = 0, {"error": None, "outputs": [o.astype(float).ravel().tolist() for o in outputs]}
+    except device_runtime.InputError as exc:
+        rc, report = 2, {"error": type(exc).__name__, "message": str(exc)}
+    except device_runtime.ExecutionError as exc:
+        rc, report = 5, {"error": type(exc).__name__, "message": str(exc)}
+    except Exception:  # what an uncaught exception would have been: exit 1, a traceback, no report
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        rc, report = 1, None
+    print(json.dumps({"case": index, "rc": rc, "report": report}), flush=True)
 """
 
+Case = tuple  # (input name or "-", value, unchecked)
+_RESULTS: dict[tuple[str, Case], tuple[int, dict | None, str]] = {}
 
-def run_child(path, name="-", value=0, unchecked=False) -> tuple[int, dict | None, str]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), name, str(value), "1" if unchecked else "0"],
-                          capture_output=True, text=True, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr
+
+def run_children(path, cases) -> None:
+    """Run every case of `cases` not yet done on `path`, in as few child processes as the cases allow: one, plus
+    one more after each case that kills its child (that case gets the child's exit status and stderr)."""
+    pending = [tuple(c) for c in dict.fromkeys(tuple(c) for c in cases) if (str(path), tuple(c)) not in _RESULTS]
+    while pending:
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(pending)],
+                              capture_output=True, text=True, timeout=600)
+        done, started = {}, None
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("started"):
+                    started = record["case"]
+                else:
+                    done[record["case"]] = record
+        for index, record in done.items():
+            _RESULTS[(str(path), pending[index])] = (record["rc"], record["report"], proc.stderr)
+        if started is None or started in done:  # the child ran to its end
+            assert len(done) == len(pending), f"child ended early (rc {proc.returncode}): {proc.stderr[-2000:]}"
+            return
+        _RESULTS[(str(path), pending[started])] = (proc.returncode, None, proc.stderr)  # the case that killed it
+        pending = pending[started + 1:]
+
+
+def run_child(path, name="-", value=0, unchecked=False, batch=()) -> tuple[int, dict | None, str]:
+    """(exit status, report, stderr) of one case, as a child process of its own would give them; the first call
+    for an artifact runs `batch` (every case its tests ask for) with it."""
+    case = (name, str(value), bool(unchecked))
+    run_children(path, [case] + [(n, str(v), bool(u)) for n, v, u in batch])
+    return _RESULTS[(str(path), case)]
+
+
+# Every case the BERT tests run on each artifact, unchecked ones last (they may kill the child).
+BERT_CASES = [("input_ids", 40000, False), ("input_ids", -5, False), ("token_type_ids", 2, False),
+              ("attention_mask", 2, False), ("-", 0, False), ("input_ids", 0, False), ("input_ids", VOCAB_MAX, False),
+              ("token_type_ids", 1, False), ("input_ids", 40000, True), ("input_ids", -5, True),
+              ("token_type_ids", 2, True)]
+VISION_CASES = [("pixel_values", v, u) for u in (False, True) for v in ("nan", "inf", "-inf")]
+
+
+def run_bert(path, name="-", value=0, unchecked=False):
+    return run_child(path, name, value, unchecked, batch=BERT_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +127,9 @@ def _assert_range_error(rc, report, stderr, name, value, index, lo, hi):
 @pytest.mark.parametrize("key", [f"{f}-{p}" for f, p in BERT_ARTIFACTS])
 def test_out_of_range_token_id_is_a_typed_error_not_an_abort(bert_artifacts, key):
     path = bert_artifacts[key]
-    _assert_range_error(*run_child(path, "input_ids", 40000), "input_ids", 40000, [0, 3], 0, VOCAB_MAX)
+    _assert_range_error(*run_bert(path, "input_ids", 40000), "input_ids", 40000, [0, 3], 0, VOCAB_MAX)
     # Without the check: the int8 .pte kills the process with a signal; the others fail inside the runtime.
-    rc, report, stderr = run_child(path, "input_ids", 40000, unchecked=True)
+    rc, report, stderr = run_bert(path, "input_ids", 40000, unchecked=True)
     if key == "pte-int8":
         assert rc < 0 and report is None and "Index out of bounds" in stderr, (rc, report, stderr[-2000:])
     else:
@@ -89,14 +139,14 @@ def test_out_of_range_token_id_is_a_typed_error_not_an_abort(bert_artifacts, key
 @pytest.mark.parametrize("key", [f"{f}-{p}" for f, p in BERT_ARTIFACTS])
 def test_negative_token_id_is_rejected(bert_artifacts, key):
     path = bert_artifacts[key]
-    _assert_range_error(*run_child(path, "input_ids", -5), "input_ids", -5, [0, 3], 0, VOCAB_MAX)
-    rc, report, stderr = run_child(path, "input_ids", -5, unchecked=True)
+    _assert_range_error(*run_bert(path, "input_ids", -5), "input_ids", -5, [0, 3], 0, VOCAB_MAX)
+    rc, report, stderr = run_bert(path, "input_ids", -5, unchecked=True)
     if key == "pte-int8":
         assert rc < 0 and report is None, (rc, report, stderr[-2000:])
     elif key == "onnx-fp32":
         # ONNX Runtime's Gather wraps -5 to id 30517: it "works" and returns another sentence's logits.
         assert rc == 0 and report["error"] is None, (rc, report, stderr[-2000:])
-        _, valid, _ = run_child(path)
+        _, valid, _ = run_bert(path)
         assert not np.allclose(report["outputs"], valid["outputs"])
     else:
         assert rc == 5 and report["error"] == "ExecutionError", (rc, report, stderr[-2000:])
@@ -105,10 +155,10 @@ def test_negative_token_id_is_rejected(bert_artifacts, key):
 @pytest.mark.parametrize("key", [f"{f}-{p}" for f, p in BERT_ARTIFACTS])
 def test_token_type_2_and_mask_2_are_rejected(bert_artifacts, key):
     path = bert_artifacts[key]
-    _assert_range_error(*run_child(path, "token_type_ids", 2), "token_type_ids", 2, [0, 3], 0, 1)
-    _assert_range_error(*run_child(path, "attention_mask", 2), "attention_mask", 2, [0, 3], 0, 1)
+    _assert_range_error(*run_bert(path, "token_type_ids", 2), "token_type_ids", 2, [0, 3], 0, 1)
+    _assert_range_error(*run_bert(path, "attention_mask", 2), "attention_mask", 2, [0, 3], 0, 1)
     # Without the check a token type of 2 (type_vocab_size is 2) dies, fails or silently computes something.
-    rc, report, _ = run_child(path, "token_type_ids", 2, unchecked=True)
+    rc, report, _ = run_bert(path, "token_type_ids", 2, unchecked=True)
     assert rc != 2 and (report is None or report["error"] != "ValueRangeError")
 
 
@@ -116,7 +166,7 @@ def test_token_type_2_and_mask_2_are_rejected(bert_artifacts, key):
 def test_valid_inputs_still_run_at_the_range_edges(bert_artifacts, key):
     path = bert_artifacts[key]
     for name, value in [("-", 0), ("input_ids", 0), ("input_ids", VOCAB_MAX), ("token_type_ids", 1)]:
-        rc, report, stderr = run_child(path, name, value)
+        rc, report, stderr = run_bert(path, name, value)
         assert rc == 0 and report["error"] is None, (name, value, rc, report, stderr[-2000:])
         assert np.isfinite(report["outputs"]).all()
 
@@ -157,9 +207,10 @@ def test_artifacts_without_recorded_ranges_still_run(bert_artifacts, tmp_path):
     lone = tmp_path / "lone" / "model.tflite"
     lone.parent.mkdir()
     shutil.copy(bert_artifacts["tflite-fp32"], lone)
-    rc, report, _ = run_child(lone)
+    lone_cases = [("-", 0, False), ("input_ids", 40000, False)]
+    rc, report, _ = run_child(lone, batch=lone_cases)
     assert rc == 0 and report["error"] is None
-    rc, report, _ = run_child(lone, "input_ids", 40000)
+    rc, report, _ = run_child(lone, "input_ids", 40000, batch=lone_cases)
     assert rc == 5 and report["error"] == "ExecutionError", report
 
 
@@ -170,12 +221,12 @@ def vision_onnx(export_tiny):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_pixel_is_rejected(vision_onnx, value):
-    rc, report, stderr = run_child(vision_onnx, "pixel_values", value)
+    rc, report, stderr = run_child(vision_onnx, "pixel_values", value, batch=VISION_CASES)
     assert rc == 2 and report["error"] == "NonFiniteInputError", (rc, report, stderr[-2000:])
     assert "'pixel_values'" in report["message"] and "index [0, 0, 0, 3]" in report["message"]
     assert "allow_non_finite=True" in report["message"]
     # Without the check the runtime happily returns non-finite logits.
-    rc, report, _ = run_child(vision_onnx, "pixel_values", value, unchecked=True)
+    rc, report, _ = run_child(vision_onnx, "pixel_values", value, unchecked=True, batch=VISION_CASES)
     assert rc == 0 and not np.isfinite(report["outputs"]).all()
 
 

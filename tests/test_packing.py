@@ -3,9 +3,12 @@ restarting per sentence, per-sentence readout), and the equality that makes it s
 a packed row equals running that sentence alone.
 
 fp32 is judged against unpadded eager PyTorch per sentence (cosine >= 0.9999 and the model's atol); int8 against
-the same artifact run unpacked (one sentence per row). Real verification sentences and pairs, tiny models."""
+the same artifact run unpacked (one sentence per row). Real verification sentences and pairs, tiny models.
+Serve-bench's fixed and bucketed configurations reuse exports other modules make too (`export_tiny`, and
+`cached_export`'s multi-length export shared with tests/test_buckets.py)."""
 from __future__ import annotations
 
+import shutil
 import threading
 
 import numpy as np
@@ -59,7 +62,7 @@ def test_pack_builds_block_rows_with_restarting_positions_and_unpack_restores_or
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory):
+def packed(tmp_path_factory, export_tiny, cached_export):
     from sdk import export
 
     out = tmp_path_factory.mktemp("packed")
@@ -67,10 +70,25 @@ def packed(tmp_path_factory):
     results += export("minilm_l6_h384", ["pte"], "fp32", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
     results += export("tinybert_4l_312d", ["pte"], "int8", out, tiny=True, pack=f"{CAPACITY}x{SLOTS}")
     by_key = {(r.model, r.format, str(r.precision)): r for r in results}
-    # serve-bench's other configurations beside the packed fp32 .pte: fixed (the tiny variant's 32) and bucketed
-    by_key["fixed"], = export("tinybert_4l_312d", ["pte"], "fp32", out, tiny=True)
-    by_key["bucketed"], = export("tinybert_4l_312d", ["pte"], "fp32", out, tiny=True, seq_lens="8,16,32")
+    # serve-bench's other configurations of the packed fp32 .pte: fixed (the tiny variant's 32; test_input_safety
+    # and test_profile export it too) and bucketed (tests/test_buckets.py's export); see _serving_tree
+    by_key["fixed"] = export_tiny("tinybert_4l_312d", "pte", "fp32")
+    by_key["bucketed"] = next(r for r in cached_export("tinybert_4l_312d", ["pte", "tflite", "onnx"], "fp32",
+                                                        seq_lens="16,32") if r.format == "pte")
     return by_key
+
+
+def _serving_tree(root, results) -> dict:
+    """Each result's artifact and its folder's report.json copied into root/<model>/<folder>/, side by side as one
+    `pocketformer export` run writes them (serve-bench finds a model's configurations there); {config: path}."""
+    paths = {}
+    for config, result in results.items():
+        folder = root / result.path.parent.parent.name / result.path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result.path.parent / "report.json", folder / "report.json")
+        shutil.copy2(result.path, folder / result.path.name)
+        paths[config] = folder / result.path.name
+    return paths
 
 
 def _alone(model: str, feeds):
@@ -171,7 +189,9 @@ def test_serve_bench_replays_a_real_stream_against_the_four_configurations(packe
     from sdk.cli import main
 
     report = tmp_path / "serve.json"
-    assert main(["serve-bench", str(packed["fixed"].path), "--count", "48", "--concurrency", "4", "--threads", "2",
+    tree = _serving_tree(tmp_path / "out", {k: packed[k] for k in ("fixed", "bucketed")} |
+                         {"packed": packed[("tinybert_4l_312d-tiny", "pte", "fp32")]})
+    assert main(["serve-bench", str(tree["fixed"]), "--count", "48", "--concurrency", "4", "--threads", "2",
                  "--json", str(report), "--quiet"]) == 0
     out = capsys.readouterr().out
     import json
