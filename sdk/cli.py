@@ -73,7 +73,8 @@ def cmd_export(args, option_dests: list[str]) -> int:
 
     formats = [f for part in args.to for f in part.split(",") if f]
     # Only the options the user gave: each converter's Options supplies its own defaults.
-    options = {d: getattr(args, d) for d in option_dests if getattr(args, d) is not None}
+    # (`seq_lens` is among the dests only to keep it one flag for every format; export takes it by name.)
+    options = {d: getattr(args, d) for d in option_dests if d != "seq_lens" and getattr(args, d) is not None}
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
                      seq_len=args.seq_len, seq_lens=args.seq_lens, pack=args.pack, batch_sizes=args.batch_sizes,

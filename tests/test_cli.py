@@ -75,3 +75,33 @@ def test_corrupt_artifact_exit_code(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 4 + b"ET12" + b"\x00" * 100)
     assert main(["bench", str(bad), "--runs", "1"]) == EXIT_BAD_INPUT
     assert "not a loadable ExecuTorch program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, given", [
+    (["--seq-lens", "16,32"], {"seq_lens": "16,32"}),
+    (["--pack", "64x6"], {"pack": "64x6"}),
+    (["--seq-lens", "16,32", "--dynamic-shapes"], {"seq_lens": "16,32", "dynamic_shapes": True}),
+])
+def test_export_serving_flags_reach_the_pipeline_once(argv, given, monkeypatch, tmp_path):
+    """The serving flags get to `sdk.pipeline.export` by name, whatever format options come with them (the
+    shared `seq_lens` dest once reached it twice: a TypeError for every `--seq-lens` export)."""
+    import sdk.pipeline
+
+    seen = {}
+
+    class Result:
+        report_path = tmp_path / "report.json"
+
+        def summary(self):
+            return "exported"
+
+    def fake_export(model, formats, precision, **kwargs):
+        seen.update(kwargs, model=model, formats=formats)
+        return [Result()]
+
+    monkeypatch.setattr(sdk.pipeline, "export", fake_export)
+    assert main(["export", "tinybert_4l_312d", "--tiny", "--to", "pte,tflite", "--out", str(tmp_path), "--quiet"]
+                + argv) == EXIT_OK
+    assert seen["formats"] == ["pte", "tflite"]
+    for key, value in given.items():
+        assert seen[key] == value
