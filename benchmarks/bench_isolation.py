@@ -67,10 +67,15 @@ print(json.dumps({"p50_ms": float(np.percentile(samples, 50)) * 1e3}))
 """
 
 
-def raw_loop_p50(path: str, feed_file: str, threads: int, runs: int) -> float:
-    out = subprocess.run([sys.executable, "-c", RAW_LOOP, path, str(threads), str(runs), "5", feed_file],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["p50_ms"]
+def raw_loop_p50(path: str, feed_file: str, threads: int, runs: int, repeats: int = 3) -> float:
+    """The median over `repeats` fresh processes of the raw loop's p50: one process's p50 moves by up to ~10%
+    from one start to the next on this machine, more than the 5% the goal allows."""
+    p50s = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", RAW_LOOP, path, str(threads), str(runs), "5", feed_file],
+                             capture_output=True, text=True, check=True).stdout
+        p50s.append(json.loads(out.strip().splitlines()[-1])["p50_ms"])
+    return float(sorted(p50s)[len(p50s) // 2])
 
 
 def main() -> None:

@@ -28,6 +28,11 @@ import numpy as np
 from device_runtime.errors import ExecutionError, PocketformerError, UsageError
 
 ISOLATION = "one process per artifact (its own runtime only), rounds interleaved across the processes"
+# Rounds of BLOCK timed runs after SETTLE untimed ones. Switching processes costs the next one its warm state
+# (caches, its parked threads waking, the last one's still spinning): measured on mobilevit_xxs's six
+# artifacts at 2 threads, rounds of 5 after 1 read 1.2-2.0x the raw runtime loop in a fresh process (TFLite
+# fp32 5.2 vs 3.4 ms), rounds of 10 after 3 agreed with it within the raw loop's own run-to-run spread.
+BLOCK, SETTLE = 10, 3
 
 
 class WorkerError(PocketformerError):
@@ -102,7 +107,7 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
                        backend: str | None = None, profile_runs: int = 0,
                        progress: Callable[[int, int], None] | None = None,
                        references: Sequence[tuple[str, Any, Mapping[str, Any] | None]] = (),
-                       block: int = 5, settle: int = 1) -> dict[str, Any]:
+                       block: int = BLOCK, settle: int = SETTLE) -> dict[str, Any]:
     """The document `measure.benchmark_artifacts` returns, with each artifact measured in its own process.
 
     `references` (name, Session-like, feed) run in this process, in the same rounds (e.g. eager PyTorch).
