@@ -25,7 +25,9 @@ def test_bench_two_formats_interleaved(artifacts):
 
     ticks = []
     doc = bench(artifacts, runs=12, warmup=1, threads=1, progress=lambda done, total: ticks.append((done, total)))
-    assert doc["schema"] == "pocketformer.bench/1" and doc["runs"] == 12 and doc["block"] == 5
+    from device_runtime.isolated import BLOCK
+
+    assert doc["schema"] == "pocketformer.bench/1" and doc["runs"] == 12 and doc["block"] == BLOCK
     pte, onnx = doc["results"]
     assert (pte["format"], onnx["format"]) == ("pte", "onnx")
     for r in (pte, onnx):

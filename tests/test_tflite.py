@@ -214,10 +214,17 @@ def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
     spec = types.SimpleNamespace(name="mlp", input_names=("x",), output_names=("y",))
     feeds = [{"x": np.random.default_rng(i).random((1, 16), dtype=np.float32)} for i in range(2)]
     with pytest.raises(ConversionError, match="embedding_lookup"):
-        converter.convert(module, spec, "int8-static", feeds, tmp_path / "a.tflite")
-    result = converter.convert(module, spec, "int8-static", feeds, tmp_path / "b.tflite", allow_fallback=True)
+        converter.convert(module, spec, "int8-static", feeds, tmp_path / "a.tflite", static_route="pt2e")
+    result = converter.convert(module, spec, "int8-static", feeds, tmp_path / "b.tflite", allow_fallback=True,
+                               static_route="pt2e")
     assert result.precision == "int8-dynamic" and "FALLBACK" in result.details["route"]  # a typed field, not a detail
     assert "embedding_lookup" in result.details["fallback_reason"] and result.reference is module
+    # route "auto" asks for a static int8 that works: where PT2E cannot convert, ai-edge-quantizer's static
+    # route makes it (still int8-static), and the details say why PT2E was not used
+    result = converter.convert(module, spec, "int8-static", feeds, tmp_path / "c.tflite")
+    assert result.precision is None  # None: what was asked, int8-static (a fallback names what it made instead)
+    assert "ai-edge-quantizer static" in result.details["route"]
+    assert "EMBEDDING_LOOKUP" in result.details["pt2e_failed"]
 
 
 def test_unsupported_requests():
