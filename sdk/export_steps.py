@@ -170,21 +170,12 @@ def _convert_and_verify(plan: _Plan, spec: ModelSpec, module, data: _Data, tmp: 
                         progress: Progress, attempt: dict[str, Any]):
     import device_runtime
 
-    converter, requested = plan.converter, plan.precision
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    with progress.step(f"convert {label}"):
-        conversion = converter.convert(module, spec, requested, data.calibration, tmp, **plan.kwargs)
-    timings["export_s"] = time.perf_counter() - start
-    precision, entry = new_entry(plan, conversion, tmp, timings, module, data.calibration_source,
-                                 len(data.calibration))
-    attempt["precision"] = str(precision)
-
-    not_verifiable = converter.verify_reason(**plan.kwargs)
-    if not_verifiable:
-        progress.note(f"  ! {label}: numerical parity not run here: {not_verifiable}")
-        parity = {"passed": None, "skipped": not_verifiable}
-        return dataclasses.replace(entry, parity=parity), parity, conversion.details
+    conversion, precision, entry, unverified = convert_step(
+        plan, f"convert {label}",
+        lambda: plan.converter.convert(module, spec, plan.precision, data.calibration, tmp, **plan.kwargs),
+        tmp, module, [data], label, progress, attempt)
+    if unverified:
+        return unverified
 
     start = time.perf_counter()
     with progress.step(f"verify {label} on {len(data.feeds)} held-out real samples"):
@@ -213,12 +204,32 @@ def _convert_and_verify(plan: _Plan, spec: ModelSpec, module, data: _Data, tmp: 
             calibrated = _run_all(session, data.calibration, label)
             cal_fp32 = checks.torch_outputs(module, spec.input_names, data.calibration)
             parity["on_calibration_samples"] = checks.compare(cal_fp32, calibrated, classifier, names)
-    timings["verify_s"] = time.perf_counter() - start
+    entry.timings["verify_s"] = time.perf_counter() - start  # the dict the entry holds
     entry = dataclasses.replace(entry, parity=parity, runtime={"backend": session.backend})
     if failures:
         attempt["parity"] = parity
         raise checks.ParityError(f"{label} failed verification: " + "; ".join(failures))
     return entry, parity, conversion.details
+
+
+def convert_step(plan: _Plan, step: str, convert, tmp: Path, module, data: Sequence[_Data], label: str,
+                 progress: Progress, attempt: dict[str, Any]):
+    """Convert (`convert()`, timed, shown as `step`), then the precision and manifest entry (`new_entry`) from the
+    calibration of every shape in `data`. Returns (conversion, precision, entry, unverified): `unverified` is the
+    finished (entry, parity, details) where the format cannot be verified here, else None."""
+    start = time.perf_counter()
+    with progress.step(step):
+        conversion = convert()
+    timings = {"export_s": time.perf_counter() - start}
+    precision, entry = new_entry(plan, conversion, tmp, timings, module, data[0].calibration_source,
+                                 sum(len(d.calibration) for d in data))
+    attempt["precision"] = str(precision)
+    not_verifiable = plan.converter.verify_reason(**plan.kwargs)
+    if not not_verifiable:
+        return conversion, precision, entry, None
+    progress.note(f"  ! {label}: numerical parity not run here: {not_verifiable}")
+    parity = {"passed": None, "skipped": not_verifiable}
+    return conversion, precision, entry, (dataclasses.replace(entry, parity=parity), parity, conversion.details)
 
 
 def new_entry(plan: _Plan, conversion, tmp: Path, timings: dict, module, calibration_source: str,

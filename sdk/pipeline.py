@@ -23,7 +23,7 @@ from device_runtime.buckets import parse_lengths
 from device_runtime.errors import UsageError
 from models_zoo import ModelSpec
 from sdk.export_steps import (ExportResult, _Data, _export_fixed, _export_one, _reference, _run_all, _spec,  # noqa: F401
-                              new_entry, plan)
+                              convert_step, plan)
 from sdk.pipeline_batches import export_batches
 from sdk.progress import Progress
 
@@ -141,18 +141,15 @@ def _convert_and_verify_lengths(plan, spec: ModelSpec, module, data: dict[int, _
                                 label: str, progress: Progress, attempt: dict[str, Any]):
     import device_runtime
 
-    converter = plan.converter
     specs = {length: spec.with_seq_len(length) for length in data}
-    start = time.perf_counter()
-    with progress.step(f"convert {label} at lengths {', '.join(map(str, sorted(data)))}"):
-        conversion = converter.convert_buckets(module, specs, plan.precision,
+    conversion, precision, entry, unverified = convert_step(
+        plan, f"convert {label} at lengths {', '.join(map(str, sorted(data)))}",
+        lambda: plan.converter.convert_buckets(module, specs, plan.precision,
                                                {length: d.calibration for length, d in data.items()}, tmp,
-                                               **plan.kwargs)
-    timings = {"export_s": time.perf_counter() - start}
-    first = data[min(data)]
-    precision, entry = new_entry(plan, conversion, tmp, timings, module, first.calibration_source,
-                                          sum(len(d.calibration) for d in data.values()))
-    attempt["precision"] = str(precision)
+                                               **plan.kwargs),
+        tmp, module, [data[n] for n in sorted(data)], label, progress, attempt)
+    if unverified:
+        return unverified
     start = time.perf_counter()
     classifier = spec.task.endswith("classification")
     names = list(spec.output_names)
@@ -173,7 +170,7 @@ def _convert_and_verify_lengths(plan, spec: ModelSpec, module, data: dict[int, _
         unpadded = _unpadded_check(session, conversion.reference, module, data[max(data)], spec, classifier, names)
         found = checks.judge(unpadded, None, tolerance) if precision.weight_bits == 32 else []
         failures += [f"unpadded requests: {f}" for f in found]
-    timings["verify_s"] = time.perf_counter() - start
+    entry.timings["verify_s"] = time.perf_counter() - start  # the dict the entry holds
     worst = max(per_length.values(), key=lambda r: r["lowering"]["max_abs_err"])
     parity = {"passed": not failures, "failures": failures, "tolerance": vars(tolerance),
               "samples": "verification (held out from calibration), at each length",

@@ -19,7 +19,7 @@ from device_runtime.errors import UsageError
 from models_zoo import ModelSpec
 from sdk.progress import Progress
 from sdk.export_steps import (_Data, _export_fixed, _export_one, _reference, _run_all, _spec, _split_options,
-                              new_entry, plan)
+                              convert_step, plan)
 
 
 # -- several batch sizes in one step (`export --batch-sizes`) -------------------------------------------
@@ -142,22 +142,19 @@ def _convert_and_verify_batches(plan, spec: ModelSpec, module, data: dict[int, _
                                 progress: Progress, attempt: dict[str, Any]):
     import device_runtime
 
-    converter, sizes = plan.converter, sorted(data)
-    start = time.perf_counter()
-    with progress.step(f"convert {label} at batch sizes {', '.join(map(str, sizes))}"):
-        conversion = converter.convert_batches(module, spec, plan.precision, {n: d.calibration for n, d in data.items()},
-                                               tmp, **plan.kwargs)
-    conversion.details["batch_sizes"] = sizes
-    timings = {"export_s": time.perf_counter() - start}
-    first = data[sizes[0]]
-    precision, entry = new_entry(plan, conversion, tmp, timings, module, first.calibration_source,
-                                 sum(len(d.calibration) for d in data.values()))
-    attempt["precision"] = str(precision)
-    not_verifiable = converter.verify_reason(**plan.kwargs)
-    if not_verifiable:
-        progress.note(f"  ! {label}: numerical parity not run here: {not_verifiable}")
-        parity = {"passed": None, "skipped": not_verifiable}
-        return dataclasses.replace(entry, parity=parity), parity, conversion.details
+    sizes = sorted(data)
+
+    def convert():
+        conversion = plan.converter.convert_batches(module, spec, plan.precision,
+                                                    {n: d.calibration for n, d in data.items()}, tmp, **plan.kwargs)
+        conversion.details["batch_sizes"] = sizes
+        return conversion
+
+    conversion, precision, entry, unverified = convert_step(
+        plan, f"convert {label} at batch sizes {', '.join(map(str, sizes))}", convert, tmp, module,
+        [data[n] for n in sizes], label, progress, attempt)
+    if unverified:
+        return unverified
 
     start = time.perf_counter()
     classifier = spec.task.endswith("classification")
@@ -184,7 +181,7 @@ def _convert_and_verify_batches(plan, spec: ModelSpec, module, data: dict[int, _
         padded = _padded_rows_check(session, module, data, spec, classifier, names)
         found = checks.judge(padded, None, tolerance) if padded and precision.weight_bits == 32 else []
         failures += [f"rows padded or chunked to a bucket: {f}" for f in found]
-    timings["verify_s"] = time.perf_counter() - start
+    entry.timings["verify_s"] = time.perf_counter() - start  # the dict the entry holds
     worst = max(per_size.values(), key=lambda r: r["lowering"]["max_abs_err"])
     parity = {"passed": not failures, "failures": failures, "tolerance": vars(tolerance),
               "samples": "verification (held out from calibration), distinct real images stacked at each batch size",
