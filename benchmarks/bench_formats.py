@@ -59,7 +59,7 @@ def bench_model(name: str, formats: list[str], tiny: bool, runs: int, warmup: in
                 out_dir: Path) -> dict:
     from converters import get_converter, resolve_precision
     from models_zoo import get_model
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     spec = get_model(name, tiny=tiny)
     feed = spec.sample_inputs()[0]

@@ -96,7 +96,7 @@ def main() -> None:
 
     from device_runtime.isolated import benchmark_isolated
     from device_runtime.measure import benchmark_artifacts
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     import numpy as np
 

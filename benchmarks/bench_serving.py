@@ -67,7 +67,7 @@ def text_exports(args, out: Path) -> dict[str, dict[str, Path]]:
 
 
 def text_section(args, out: Path) -> list[dict]:
-    from sdk.serve_bench import format_serve_bench, serve_bench
+    from sdk.serve.bench import format_serve_bench, serve_bench
 
     rows = []
     exported = text_exports(args, out)

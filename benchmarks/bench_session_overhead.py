@@ -1,5 +1,5 @@
 """What `Session.run` costs on top of each runtime's own Python API (issue 6 goal: within 5 % or 50 µs,
-whichever is larger), for every artifact given: `sdk.bench.session_overhead` alternates the two calls on the
+whichever is larger), for every artifact given: `sdk.measure.bench.session_overhead` alternates the two calls on the
 same feed and compares medians.
 
     python benchmarks/bench_session_overhead.py out/mobilevit_xxs/fp32/model.tflite out/.../model.pte ...
@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from sdk.bench import session_overhead
-    from sdk.pipeline import export
+    from sdk.measure.bench import session_overhead
+    from sdk.export.api import export
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="*", type=Path)

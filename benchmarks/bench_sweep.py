@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2, this machine)")
     args = parser.parse_args()
 
-    from sdk.sweep import sweep
+    from sdk.sweep.run import sweep
 
     common = dict(formats=args.formats, precisions=args.precisions, devices=["local"], tiny=not args.full,
                   runs=args.runs, warmup=2, num_cpus=args.cpus, export_memory_gb=1.0 if not args.full else 4.0)

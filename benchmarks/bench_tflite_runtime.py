@@ -72,8 +72,8 @@ def measure(path: Path, threads: int | None, runs: int, repeats: int) -> dict:
 
 def export_models(names: list[str], precision: str, tiny: bool, out_dir: Path) -> list[Path]:
     sys.path.insert(0, str(REPO))
-    from sdk.pipeline import export
-    from sdk.progress import Progress
+    from sdk.export.api import export
+    from sdk.console.progress import Progress
 
     paths = []
     for name in names:

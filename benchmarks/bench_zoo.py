@@ -7,7 +7,7 @@
 
 For each full-size zoo model (every registered family, the paper families included once registered; a name that
 is not registered is skipped and said so): params, MACs, memory access cost and arithmetic intensity
-(`sdk.analysis.analyze_model`), then each format x precision is exported and verified (`sdk.pipeline.export`);
+(`sdk.measure.analysis.analyze_model`), then each format x precision is exported and verified (`sdk.export.api.export`);
 every verified artifact is timed at --threads threads in a process of its own (`device_runtime.isolated`,
 rounds interleaved), and the fastest is the model's best. Prints the table and the pairs of models with about
 equal MACs whose latency differs, with what differs (memory traffic, operator count, delegate partitions), and
@@ -43,8 +43,8 @@ def export_model(name: str, formats, precisions, out: Path, log, earlier: dict |
     neither exported nor saw fail are tried, so a run resumes, or adds formats to what is there."""
     from device_runtime.errors import PocketformerError
     from models_zoo import get_model
-    from sdk.analysis import analyze_model
-    from sdk.pipeline import export
+    from sdk.measure.analysis import analyze_model
+    from sdk.export.api import export
 
     spec = get_model(name)
     if earlier is not None:
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     from device_runtime.atomic import write_json
     from models_zoo import list_models
-    from sdk.report_zoo import SCHEMA, ZOO_FILE, pair_lines, text_table
+    from sdk.report.zoo import SCHEMA, ZOO_FILE, pair_lines, text_table
 
     out = Path(args.out)
     registered = set(list_models())
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
            "threads": args.threads, "runs": args.runs, "formats": args.formats, "precisions": args.precisions,
            "note": (f"Full-size models, p50 of the fastest verified artifact at {args.threads} threads, each artifact "
                     "in its own process; MACs from FlopCounterMode (eager attention), memory traffic and operator "
-                    "count from the unfused torch.export graph (sdk.analysis)."),
+                    "count from the unfused torch.export graph (sdk.measure.analysis)."),
            "models": []}
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     exports_path = out / EXPORTS_FILE

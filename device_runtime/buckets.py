@@ -9,7 +9,7 @@ Two axes, one mechanism (`BucketAxis`):
   attention mask 0 and token type 0, so attention never sees them, and per-token outputs are cut back to the
   request's length. A request longer than the largest bucket is a `SequenceTooLongError` naming the largest
   bucket, unless the session was loaded with `truncate=True` (which keeps the first tokens; a tokenizer that
-  truncates itself, keeping the final [SEP], is better still: `sdk.feeds` does so at the largest bucket).
+  truncates itself, keeping the final [SEP], is better still: `sdk.cli.feeds` does so at the largest bucket).
 - Batch (the vision families, `export --batch-sizes 1,2,4,8`). A `.pte` or `.tflite` has fixed shapes, so a
   batch axis that a `Batcher` can stack requests on needs one entry point per batch size: `batch1`, `batch2`,
   ... (ExecuTorch: plus `forward` = the smallest, batch 1, so tools that run `forward` still work; the program

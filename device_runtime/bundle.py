@@ -1,6 +1,6 @@
 """Verification bundles on the device side: open one, check it, run its samples. Standard library and numpy only.
 
-A bundle (written by `sdk.bundles`, format `pocketformer.bundle` version 1, read also by the Android app's
+A bundle (written by `sdk.device.bundles`, format `pocketformer.bundle` version 1, read also by the Android app's
 Java core) is a folder, or a zip of the same tree, holding one model's artifact(s), the exact input tensors
 fed, the host's outputs of each artifact on them, PyTorch's outputs, the raw samples and a `SHA256SUMS` list.
 Opening one checks the schema, its version and every checksum before anything runs: a missing, unlisted or

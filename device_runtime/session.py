@@ -285,7 +285,7 @@ class Session:
 
         Calling it runs the model and nothing else: no validation, hooks, timing or output selection, and the
         outputs come back as the runtime returns them (a dict, torch tensors, ...). It is what `Session.run` is
-        measured against (`sdk.bench.session_overhead`). Backends with a lighter native call than `_execute`
+        measured against (`sdk.measure.bench.session_overhead`). Backends with a lighter native call than `_execute`
         override this; the default is `_execute` itself.
         """
         arrays = list(arrays)

@@ -6,14 +6,14 @@
     print(sdk.benchmark(results[0].path, runs=50).latency)
 
 The names here are the real functions (same objects, same signatures) of the modules that own them: no
-wrappers. Modules are named for what they hold (`sdk.pipeline`, `sdk.bench`, ...), never after a function of
+wrappers. Modules are named for what they hold (`sdk.export.api`, `sdk.measure.bench`, ...), never after a function of
 this package, so importing one never shadows a public name.
 """
 from __future__ import annotations
 
 from device_runtime import load
 from models_zoo import get_model, list_models
-from sdk.pipeline import ExportResult, export
+from sdk.export.api import ExportResult, export
 
 
 def benchmark(path, feed=None, warmup: int = 5, runs: int = 50, backend: str | None = None,

@@ -27,7 +27,7 @@ EXPORT_CACHE_KEPT = 8  # cached exports kept (most recently used first)
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory):
     """`export_tiny(model, fmt, precision, **options)` -> ExportResult, exported once per test session."""
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     root = tmp_path_factory.mktemp("exports")
 
@@ -74,7 +74,7 @@ def cached_export():
     installed packages' versions); a worker asking while another exports waits on its lock, then reads its
     results. An entry whose artifacts no longer match their manifest entries, or that was left half-written, is
     exported again. Tests must not modify what it returns (copy first)."""
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     memo: dict[str, list] = {}
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models_zoo import family_representatives
-from sdk.analysis import (analyze_model, count_flops, count_params, cpu_roofline, eager_attention,
+from sdk.measure.analysis import (analyze_model, count_flops, count_params, cpu_roofline, eager_attention,
                           memory_access_cost, roofline_bound)
-from sdk.cli import EXIT_OK, main
+from sdk.cli.app import EXIT_OK, main
 
 DATA = Path(__file__).parent / "data"
 

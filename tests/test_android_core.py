@@ -144,7 +144,7 @@ def write_image_fixtures(folder: Path) -> list[dict]:
     folder.mkdir(parents=True)
     photos = data.photo_paths() + data.photo_paths(("camera.png", "coins.png", "ihc.png"))
     pngs = []
-    for src in photos:  # as sdk.bundles writes raw photos: PIL's decoding, saved losslessly as PNG
+    for src in photos:  # as sdk.device.bundles writes raw photos: PIL's decoding, saved losslessly as PNG
         dest = folder / f"{src.stem}.png"
         Image.open(src).save(dest, format="PNG")
         pngs.append(dest)
@@ -268,7 +268,7 @@ def write_selfcheck_fixtures(folder: Path, image_dir: Path, image_cases: list[di
     for name, expected, reference, actual, tol in plans:
         lowering = compare(expected, actual, True, names)
         quantization = compare(reference, actual, True, names) if reference is not None else None
-        # worded as sdk/device_verify.py words a device's verdict: its reference is the host's run
+        # worded as sdk/device/verify.py words a device's verdict: its reference is the host's run
         failures = [f.replace("vs its PyTorch reference", "vs the host's outputs")
                     for f in judge(lowering, quantization, Tolerance(**tol))]
         cases.append({"name": name, "classifier": True, "output_names": names, "tolerance": tol,
@@ -356,12 +356,12 @@ def write_bucket_fixtures(folder: Path) -> list[dict]:
 
 def write_spec_bundle(root: Path, kind: str, buckets: dict | None = None) -> Path:
     """A bundle in BUNDLE FORMAT v1 with the zoo's real inputs and a stand-in artifact (its bytes sniff as
-    .tflite; the JVM replays the expected outputs for it). Written with sdk.bundles' own SHA256SUMS writer.
+    .tflite; the JVM replays the expected outputs for it). Written with sdk.device.bundles' own SHA256SUMS writer.
     `buckets`: the artifact's entry lists these sequence buckets (`details.buckets`), as a --seq-lens export's."""
     from device_runtime.bundle import SCHEMA, SCHEMA_VERSION
     from device_runtime.manifest import SCHEMA as MANIFEST_SCHEMA, SCHEMA_VERSION as MANIFEST_VERSION
     from models_zoo import data, get_model
-    from sdk.bundles import write_sums
+    from sdk.device.bundles import write_sums
 
     spec = get_model("tinybert_4l_312d").with_seq_len(32) if kind == "text" else None
     root.mkdir(parents=True)
@@ -435,7 +435,7 @@ def write_spec_bundle(root: Path, kind: str, buckets: dict | None = None) -> Pat
 def write_bundle_fixtures(folder: Path) -> list[dict]:
     """Good bundles (folder, zip, text, image) and tampered copies; each case says which file must be named."""
     from device_runtime.bundle import BundleError, open_bundle
-    from sdk.bundles import write_sums
+    from sdk.device.bundles import write_sums
 
     folder.mkdir(parents=True)
     text = write_spec_bundle(folder / "text", "text")
@@ -561,7 +561,7 @@ def test_java_core_matches_the_sdk(tmp_path):
 
     # Latency: the same statistics; a document with the keys of a real `pocketformer bench --json`.
     from device_runtime.measure import add_ratios
-    from sdk.bench import format_table
+    from sdk.measure.bench import format_table
 
     bench = json.loads((out / "bench.json").read_text())
     doc_keys, result_keys, latency_keys = bench_document_keys()
@@ -707,13 +707,13 @@ def app_adb(tmp_path, monkeypatch):
 
 
 def test_bench_app_over_the_stand_in_adb(app_adb, monkeypatch, capsys):
-    import sdk.android_app
+    import sdk.device.android
     from device_runtime.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARITY, EXIT_UNSUPPORTED
     from device_runtime.remote.transport import RemoteError
-    from sdk.android_app import app_benchmark
-    from sdk.cli import main
+    from sdk.device.android import app_benchmark
+    from sdk.cli.app import main
 
-    monkeypatch.setattr(sdk.android_app, "DEFAULT_TIMEOUT_S", 120)  # a broken stand-in fails, not hangs
+    monkeypatch.setattr(sdk.device.android, "DEFAULT_TIMEOUT_S", 120)  # a broken stand-in fails, not hangs
 
     out = app_adb["tmp"] / "bench.json"
     bundle = app_adb["bundle"]
@@ -764,9 +764,9 @@ def test_bench_app_over_the_stand_in_adb(app_adb, monkeypatch, capsys):
 
 @pytest.mark.slow  # two real exports (131 s here): run with -m slow
 def test_real_bundles_open_and_run_in_the_java_core(export_tiny, tmp_path):
-    """Bundles written by `sdk.bundles.write_bundle` from real tiny exports: the core verifies them, its tokenizer
+    """Bundles written by `sdk.device.bundles.write_bundle` from real tiny exports: the core verifies them, its tokenizer
     and image preprocessing reproduce their bundled inputs from their raw samples, and the app's flow runs them."""
-    from sdk.bundles import write_bundle
+    from sdk.device.bundles import write_bundle
 
     classpath = compiled_core()
     folder = tmp_path / "fixtures" / "bundles"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from device_runtime.bundle import open_bundle
-from sdk.cli import EXIT_OK, main
+from sdk.cli.app import EXIT_OK, main
 
 BOARD = Path(__file__).resolve().parents[1] / ".cache" / "arm64-board"
 PYTHON = BOARD / "bin" / "python"
@@ -38,7 +38,7 @@ def board():
 
 @pytest.fixture(scope="module")
 def board_bundle(export_tiny, tmp_path_factory):
-    from sdk.bundles import write_bundle
+    from sdk.device.bundles import write_bundle
 
     paths = [export_tiny("mobilevit_xxs", "tflite", "fp32").path, export_tiny("mobilevit_xxs", "tflite", "int8").path,
              export_tiny("mobilevit_xxs", "onnx", "fp32").path]
@@ -81,7 +81,7 @@ def test_verify_on_the_arm64_board_over_ssh(board, board_bundle, sshd, tmp_path,
     int8 = by_file["int8-model.tflite"]
     assert int8["vs_host"]["max_abs_err"] <= int8["tolerance"]["atol"]
     assert int8["vs_host"]["top1_agreement"] == 1.0 and int8["vs_reference"]["sqnr_db"] >= int8["tolerance"]["min_sqnr_db"]
-    from sdk import report_numerics
+    from sdk.report import numerics as report_numerics
 
     header, rows = report_numerics.rows(report, [])
     assert rows and all(r[header.index("device")].endswith("(emulation)") for r in rows)

@@ -50,9 +50,9 @@ def test_public_names_are_the_real_functions():
 
     import device_runtime
     import sdk
-    import sdk.pipeline
+    from sdk.export import api as export_api
 
-    assert sdk.export is sdk.pipeline.export and sdk.load is device_runtime.load
+    assert sdk.export is export_api.export and sdk.load is device_runtime.load
     assert "precision" in inspect.signature(sdk.export).parameters
 
 
@@ -73,7 +73,7 @@ def test_a_failed_reexport_keeps_the_passing_entry_and_artifact(tmp_path, monkey
     from converters import base
     from converters.parity import ParityError
     from device_runtime import manifest
-    from sdk.pipeline import export
+    from sdk.export.api import export
     from test_pipeline import PerturbedConverter
 
     good = export("mobilevit_xxs", "pte", "fp32", out_dir=tmp_path, tiny=True)[0]
@@ -94,7 +94,7 @@ def test_a_failed_reexport_keeps_the_passing_entry_and_artifact(tmp_path, monkey
 
 def test_the_entry_is_written_only_once_the_artifact_is_in_place(tmp_path, monkeypatch):
     from device_runtime import manifest
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     seen = []
     real = manifest.record_artifact
@@ -110,8 +110,8 @@ def test_the_entry_is_written_only_once_the_artifact_is_in_place(tmp_path, monke
 
 
 def test_sequence_length_gets_its_own_folder_and_preprocessing(tmp_path, capsys):
-    from sdk.cli import main
-    from sdk.pipeline import export
+    from sdk.cli.app import main
+    from sdk.export.api import export
 
     default = export("tinybert_4l_312d", "onnx", "fp32", out_dir=tmp_path, tiny=True)[0]
     short = export("tinybert_4l_312d", "onnx", "fp32", out_dir=tmp_path, tiny=True, seq_len=16)[0]
@@ -126,7 +126,7 @@ def test_sequence_length_gets_its_own_folder_and_preprocessing(tmp_path, capsys)
 def test_an_artifact_modified_since_export_is_refused_unless_trusted(export_tiny, tmp_path, capsys):
     import shutil
 
-    from sdk.cli import main
+    from sdk.cli.app import main
 
     result = export_tiny("mobilevit_xxs", "tflite", "fp32")
     folder = tmp_path / "copy"
@@ -159,7 +159,7 @@ def test_an_old_or_foreign_report_is_refused_with_the_fix(tmp_path):
 # -- options and precisions --------------------------------------------------------------------------------
 def test_an_unknown_option_is_an_error_naming_the_valid_ones(tmp_path):
     from converters import UnknownOptionError
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     with pytest.raises(UnknownOptionError, match=r"int8io.*int8_io"):
         export("mobilevit_xxs", ["tflite"], "int8", out_dir=tmp_path, tiny=True, int8io=True)
@@ -171,7 +171,7 @@ def test_every_converter_option_is_a_typed_frozen_field_with_a_cli_flag():
 
     from converters import get_converter, list_converters
     from converters.base import option_flag
-    from sdk.cli import build_parser
+    from sdk.cli.app import build_parser
 
     parser, dests = build_parser()
     export_help = parser._subparsers._group_actions[0].choices["export"].format_help()
@@ -313,13 +313,13 @@ def test_every_typed_error_has_one_root_and_an_exit_code():
 
 
 def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys):
-    import sdk.cli
+    import sdk.cli.app
 
     def buggy(args):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(sdk.cli, "cmd_zoo_list", buggy)
-    assert sdk.cli.main(["zoo", "list"]) == 70
+    monkeypatch.setattr(sdk.cli.app, "cmd_zoo_list", buggy)
+    assert sdk.cli.app.main(["zoo", "list"]) == 70
     err = capsys.readouterr().err
     assert "internal error: ValueError" in err and "test_artifact_contract.py" in err and "--verbose" in err
 

@@ -1,4 +1,4 @@
-"""Ascend OM (converters/ascend_om.py, device_runtime/backends/ascend.py).
+"""Ascend OM (converters/ascend/om.py, device_runtime/backends/ascend.py).
 
 Nothing here has CANN or an Ascend NPU: no test produces or runs an .om. What is tested is everything around
 ATC: the ATC-ready ONNX of each family (exported at opset 11, checked, run on ONNX Runtime against PyTorch),
@@ -25,10 +25,10 @@ pytest.importorskip("onnxruntime")
 
 import device_runtime  # noqa: E402
 from converters import UnsupportedError, get_converter  # noqa: E402
-from converters.ascend_aipp import aipp_config, aipp_reference  # noqa: E402
-from converters.ascend_atc import (ATC_MAX_OPSET, AtcError, AtcOptionError, AtcOptions, find_atc,  # noqa: E402
+from converters.ascend.aipp import aipp_config, aipp_reference  # noqa: E402
+from converters.ascend.atc import (ATC_MAX_OPSET, AtcError, AtcOptionError, AtcOptions, find_atc,  # noqa: E402
                                    translate_atc_log)
-from converters.ascend_precheck import UnsupportedOperatorError, load_op_table, precheck  # noqa: E402
+from converters.ascend.precheck import UnsupportedOperatorError, load_op_table, precheck  # noqa: E402
 from device_runtime.backends.ascend import OM_HEADER_LEN, OM_MAGIC_BYTES, read_om_header  # noqa: E402
 from models_zoo import InputSpec, ModelSpec, Tolerance, get_model  # noqa: E402
 from models_zoo import family_representatives  # noqa: E402
@@ -119,7 +119,7 @@ def test_pipeline_seq_lens_write_one_atc_command_with_a_profile_per_length(no_ca
     """`export --seq-lens` for Ascend: one ATC-ready ONNX with a dynamic sequence axis that passes the pre-check
     and matches PyTorch at every length, one atc command with a --dynamic_dims profile per length, and the
     manifest entry listing the lengths (what device_runtime routes by)."""
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     [result] = export(BERT, "om", "fp16", out_dir=tmp_path, tiny=True, seq_lens=",".join(map(str, SEQ_LENS)),
                       atc_script=True, soc_version=SOC)
@@ -434,14 +434,14 @@ def test_without_cann(built, no_cann, tmp_path, monkeypatch):
 
 
 def test_pipeline_without_cann_says_how(no_cann, tmp_path):
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     with pytest.raises(UnsupportedError, match="--atc-script"):
         export(BERT, "om", "fp16", out_dir=tmp_path, tiny=True)
 
 
 def test_pipeline_atc_script_folder(no_cann, tmp_path):
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     result = export(VISION, "om", "fp16", out_dir=tmp_path, tiny=True, atc_script=True, soc_version=SOC)[0]
     assert result.path.name == "model.atc" and (result.path / "atc.sh").is_file()
@@ -478,7 +478,7 @@ def test_int8_is_static_and_needs_amct(built, no_cann):
 
 
 def test_int8_atc_script_folder_calibrates_with_amct_before_atc(no_cann, tmp_path):
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     spec = get_model(VISION, tiny=True)
     result = export(VISION, "om", "int8-static", out_dir=tmp_path, tiny=True, atc_script=True, soc_version=SOC)[0]

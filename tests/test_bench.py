@@ -12,7 +12,7 @@ import pytest
 import device_runtime
 from device_runtime import measure
 from device_runtime.session import Session, TensorInfo
-from sdk.cli import EXIT_OK, main
+from sdk.cli.app import EXIT_OK, main
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def artifacts(export_tiny):
 
 
 def test_bench_two_formats_interleaved(artifacts):
-    from sdk.bench import bench, format_table
+    from sdk.measure.bench import bench, format_table
 
     ticks = []
     doc = bench(artifacts, runs=12, warmup=1, threads=1, progress=lambda done, total: ticks.append((done, total)))
@@ -111,7 +111,7 @@ def test_cli_bench_several_artifacts(artifacts, tmp_path, capsys):
 
 def test_session_run_overhead_is_measured_against_the_runtimes_own_api(artifacts):
     import device_runtime
-    from sdk.bench import raw_call, session_overhead
+    from sdk.measure.bench import raw_call, session_overhead
 
     # The goal (within 5 % or 50 us) is a benchmark figure (benchmarks/bench_session_overhead.py); here: the
     # raw call computes what Session.run computes, and the figures are there.
@@ -155,7 +155,7 @@ def test_tune_picks_the_fastest_within_the_bound(tmp_path, capsys):
 def test_tune_candidates_come_from_the_registries():
     from converters import list_converters
     from models_zoo import get_model
-    from sdk.tune import candidates
+    from sdk.measure.tune import candidates
 
     todo, skipped = candidates(get_model("mobilevit_xxs", tiny=True))
     considered = {f for f, _ in todo} | {s["format"] for s in skipped}

@@ -93,7 +93,7 @@ def test_the_weights_are_stored_once(bucketed):
 
 
 def test_cli_run_tokenises_without_padding_for_a_bucketed_artifact(bucketed, capsys):
-    from sdk.cli import main
+    from sdk.cli.app import main
 
     assert main(["run", str(bucketed["pte"].path), "--text", "A gripping film."]) == 0
     assert "logits" in capsys.readouterr().out

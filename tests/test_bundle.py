@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from device_runtime.bundle import BundleError, open_bundle
-from sdk.bundles import write_bundle, write_sums
-from sdk.cli import EXIT_OK, main
-from sdk.device_verify import verify_on_device
+from sdk.device.bundles import write_bundle, write_sums
+from sdk.cli.app import EXIT_OK, main
+from sdk.device.verify import verify_on_device
 
 EXIT_PARITY = 1
 
@@ -146,7 +146,7 @@ def test_verify_local_passes_and_fails_on_wrong_expected_outputs(bundle, tmp_pat
     assert result["vs_host"]["max_abs_err"] == 0.0 and result["vs_host"]["top1_agreement"] == 1.0
     assert 0 < result["vs_reference"]["max_abs_err"] < 1e-4 and result["latency"]["kind"] == "device"
     # The report shows it beside the device latency; an emulated board's bench timings are relabelled.
-    from sdk import report_numerics
+    from sdk.report import numerics as report_numerics
 
     header, rows = report_numerics.rows(report, [{"device": "local", "model": "mobilevit_xxs-tiny", "format": "tflite",
                                                   "precision": "fp32", "latency": {"p50": 1.25}}])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sdk.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
+from sdk.cli.app import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
 from models_zoo.data import photo_paths
 
 
@@ -83,9 +83,9 @@ def test_corrupt_artifact_exit_code(tmp_path, capsys):
     (["--seq-lens", "16,32", "--dynamic-shapes"], {"seq_lens": "16,32", "dynamic_shapes": True}),
 ])
 def test_export_serving_flags_reach_the_pipeline_once(argv, given, monkeypatch, tmp_path):
-    """The serving flags get to `sdk.pipeline.export` by name, whatever format options come with them (the
+    """The serving flags get to `sdk.export.api.export` by name, whatever format options come with them (the
     shared `seq_lens` dest once reached it twice: a TypeError for every `--seq-lens` export)."""
-    import sdk.pipeline
+    from sdk.export import api as export_api
 
     seen = {}
 
@@ -99,7 +99,7 @@ def test_export_serving_flags_reach_the_pipeline_once(argv, given, monkeypatch, 
         seen.update(kwargs, model=model, formats=formats)
         return [Result()]
 
-    monkeypatch.setattr(sdk.pipeline, "export", fake_export)
+    monkeypatch.setattr(export_api, "export", fake_export)
     assert main(["export", "tinybert_4l_312d", "--tiny", "--to", "pte,tflite", "--out", str(tmp_path), "--quiet"]
                 + argv) == EXIT_OK
     assert seen["formats"] == ["pte", "tflite"]

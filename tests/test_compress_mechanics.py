@@ -15,7 +15,7 @@ from sdk.compress import (binarize, distill, layer_map, prune_magnitude, prune_s
                           unpack_binary)
 from sdk.compress.core import outputs
 from sdk.compress.quant import fake_quant
-from sdk.pipeline import export
+from sdk.export.api import export
 
 MODEL = "minilm_l6_h384"
 # Tiny models, small batches, few held-out sentences: mechanics, not accuracy.
@@ -179,8 +179,8 @@ def test_a_checkpoint_for_another_task_is_refused(tmp_path):
 
 @needs_pte
 def test_cli_compress_writes_a_checkpoint_and_report_that_export_accepts(tmp_path, capsys):
-    from sdk.cli import main as pocketformer
-    from sdk.compress.cli import main as compress_main
+    from sdk.cli.app import main as pocketformer
+    from sdk.cli.compress import main as compress_main
 
     out = tmp_path / "pruned"
     assert compress_main(["compress", f"{MODEL}-tiny", "--method", "prune", "--heads", "0.5", "--ffn", "0.5",

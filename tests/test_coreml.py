@@ -32,7 +32,7 @@ mac_only = pytest.mark.skipif(not ON_MAC, reason=f"{NOT_ON_MAC}: coremltools has
 
 
 def _coreml():
-    from converters import coreml
+    from converters.coreml import converter as coreml
 
     return coreml
 
@@ -210,7 +210,7 @@ class ToySpec(ModelSpec):
 
 def test_fp16_scan_flags_the_overflowing_layer_and_strict_fails(tmp_path):
     from converters.fp16_scan import Fp16RiskError, Fp16RiskWarning
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     with pytest.raises(Fp16RiskError, match=r"fc1 \(addmm"):
         export(ToySpec(), "coreml", "fp16", out_dir=tmp_path, strict=True)
@@ -351,7 +351,7 @@ def test_precisions_and_refusals_say_what_to_do_instead():
 
 
 def test_cli_export_gets_the_coreml_options():
-    from sdk.cli import build_parser
+    from sdk.cli.app import build_parser
 
     parser, dests = build_parser()
     args = parser.parse_args(["export", "mobilevit_xxs", "--to", "coreml", "--precision", "fp16", "--compress",

@@ -186,7 +186,7 @@ def spec_names():
 def test_serve_bench_replays_a_real_stream_against_the_four_configurations(packed, tmp_path, capsys):
     """Closed loop on the standard library's docstring sentences; every configuration answers every sentence,
     and packing computes less padding than the fixed length does."""
-    from sdk.cli import main
+    from sdk.cli.app import main
 
     report = tmp_path / "serve.json"
     tree = _serving_tree(tmp_path / "out", {k: packed[k] for k in ("fixed", "bucketed")} |
@@ -209,7 +209,7 @@ def test_serve_bench_replays_a_real_stream_against_the_four_configurations(packe
 
 
 def test_serve_bench_refuses_a_missing_or_empty_stream(packed, tmp_path):
-    from sdk.serve_bench import serve_bench
+    from sdk.serve.bench import serve_bench
 
     with pytest.raises(UsageError, match="no such stream file"):
         serve_bench(packed["fixed"].path, stream=tmp_path / "nope.txt")
@@ -223,7 +223,7 @@ def test_serve_bench_finds_configurations_by_their_manifest_entries(tmp_path):
     """Buckets in an entry's details, or the packed entry point's inputs, say what an artifact serves, whatever
     its folder is called; the folder key decides only where the manifest says neither."""
     from device_runtime.manifest import ArtifactEntry, record_artifact, sha256_of
-    from sdk.serve_bench import discover
+    from sdk.serve.bench import discover
 
     spec = get_model("tinybert_4l_312d", tiny=True)
     text_model = {**spec.describe(), "labels": spec.labels()}

@@ -10,7 +10,7 @@ import torch
 
 from converters import atomic_path, base, get_converter
 from converters.executorch import ExecuTorchConverter
-from sdk.pipeline import export
+from sdk.export.api import export
 from converters.parity import DegenerateReferenceError, ParityError, check_spread, compare
 
 

@@ -120,7 +120,7 @@ def test_capability_table_covers_every_registered_backend():
 
 
 def test_cli_profile_and_capabilities(bert_pte, tmp_path, capsys):
-    from sdk.cli import EXIT_OK, main
+    from sdk.cli.app import EXIT_OK, main
 
     assert main(["profile", "--capabilities"]) == EXIT_OK
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Quiet output (sdk/quiet.py): native runtime log lines and torch's pytree notices hidden unless verbose.
+"""Quiet output (sdk/console/quiet.py): native runtime log lines and torch's pytree notices hidden unless verbose.
 
 The native lines are written to file descriptors, not to `sys.stderr`, so each check runs a child process
 and reads what really reached its stdout and stderr: lines written from C with `libc.write`, and a real
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.quiet import NATIVE_LOG_LINE, PYTREE_LOGGER, quiet_native_logs
+from sdk.console.quiet import NATIVE_LOG_LINE, PYTREE_LOGGER, quiet_native_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _child(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 C_WRITES = """
     import ctypes, os, sys
-    from sdk.quiet import quiet_native_logs
+    from sdk.console.quiet import quiet_native_logs
 
     libc = ctypes.CDLL(None)
 
@@ -94,7 +94,7 @@ def tiny_pte(tmp_path_factory) -> Path:
 
 LOAD_PTE = """
     import sys
-    from sdk.quiet import quiet_native_logs
+    from sdk.console.quiet import quiet_native_logs
 
     print("before the block")
     with quiet_native_logs(verbose={verbose}):
@@ -123,7 +123,7 @@ def test_loading_a_pte_is_quiet_unless_verbose(tiny_pte):
 
 REPLAY = """
     import ctypes, sys
-    from sdk.quiet import quiet_native_logs
+    from sdk.console.quiet import quiet_native_logs
 
     libc = ctypes.CDLL(None)
     try:
@@ -144,7 +144,7 @@ def test_hidden_lines_are_shown_when_the_block_fails():
 
 TRUNCATED_PTE = """
     import sys
-    from sdk.quiet import quiet_native_logs
+    from sdk.console.quiet import quiet_native_logs
 
     try:
         with quiet_native_logs(verbose=False):

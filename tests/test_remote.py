@@ -26,7 +26,7 @@ from device_runtime.remote.parsers import (RunnerOutputError, parse_benchmark_mo
                                            parse_executor_runner)
 from device_runtime.remote.transport import (AdbTarget, DeviceAuthError, DeviceRuntimeMissingError,
                                              DeviceUnreachableError, SSHTarget, parse_device, remote_benchmark)
-from sdk.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
+from sdk.cli.app import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
 
 from conftest import free_port as _free_port  # the sshd fixture lives in conftest.py (the arm64 board uses it too)
 
@@ -220,8 +220,8 @@ def test_adb_errors_are_clear(fake_adb, capsys):
 
 def test_adb_verify_up_to_the_device(fake_adb, export_tiny, tmp_path):
     """`verify --device adb:` through the real adb transport; the stand-in device runs the shipped runtime."""
-    from sdk.bundles import write_bundle
-    from sdk.device_verify import verify_on_device
+    from sdk.device.bundles import write_bundle
+    from sdk.device.verify import verify_on_device
 
     bundle = write_bundle([export_tiny("mobilevit_xxs", "tflite", "fp32").path], tmp_path / "b.zip", zip_=True)
     doc = verify_on_device(bundle, device="adb:R58M123ABC", remote_python=sys.executable)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from sdk.cli.app import EXIT_BAD_INPUT, EXIT_OK, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +66,7 @@ def test_flops_come_from_the_analysis_and_the_pick_is_linked(run_dir):
 
 
 def test_slowest_artifact_profile_is_shown(run_dir):
-    from sdk.html_report import collect
+    from sdk.report.html_page import collect
 
     rows = [r for r in collect(run_dir)["latency"] if not r.get("reference")]
     slowest = max(rows, key=lambda r: r["latency"]["p50"])

@@ -65,7 +65,7 @@ def silent_port():
 
 
 def _devices(sshd, silent_port):
-    from sdk.sweep_jobs import Device
+    from sdk.sweep.jobs import Device
 
     ssh = dict(ssh_key=sshd["key"], ssh_options=(f"UserKnownHostsFile={sshd['known_hosts']}",
                                                  "StrictHostKeyChecking=yes"))
@@ -82,7 +82,7 @@ def _devices(sshd, silent_port):
 def test_sweep_on_devices_then_a_cached_rerun_then_the_report(ray_2cpu, sshd, silent_port, tmp_path):
     """One test, not four sharing a fixture: under `pytest -n 2` tests of a module may land on both workers, and
     each would run the whole sweep again."""
-    from sdk.sweep import sweep
+    from sdk.sweep.run import sweep
 
     out = tmp_path / "sweep"
     devices = _devices(sshd, silent_port)
@@ -94,7 +94,7 @@ def test_sweep_on_devices_then_a_cached_rerun_then_the_report(ray_2cpu, sshd, si
     start = time.perf_counter()
     again = sweep(MODELS, **args)
     again_s = time.perf_counter() - start
-    from sdk.sweep_report import format_sweep
+    from sdk.sweep.report import format_sweep
 
     print(format_sweep(first), f"\nfirst sweep {first_s:.1f} s, rerun {again_s:.1f} s", format_sweep(again), sep="\n")
     swept = {"out": out, "first": first, "again": again, "first_s": first_s, "again_s": again_s,
@@ -161,7 +161,7 @@ def _a_rerun_finds_everything_cached(swept):
 
 
 def _the_merged_folder_is_a_report(swept):
-    from sdk.html_report import build_report, collect
+    from sdk.report.html_page import build_report, collect
 
     out = swept["out"]
     data = collect(out)
@@ -247,15 +247,15 @@ def test_without_ray_sweep_says_how_to_install_it(tmp_path):
     assert done.returncode == 3, done.stderr[-2000:]
     assert "pip install 'pocketformer[cluster]'" in done.stderr and "tune" in done.stderr
     # tune's whole path (candidates, export, per-process benchmark) imports nothing of Ray.
-    check = ("import sys, sdk.cli, sdk.tune, sdk.bench, device_runtime.isolated; sdk.cli.build_parser(); "
+    check = ("import sys, sdk.cli.app, sdk.measure.tune, sdk.measure.bench, device_runtime.isolated; sdk.cli.app.build_parser(); "
              "assert 'ray' not in [m for m in sys.modules if sys.modules[m] is not None]")
     assert subprocess.run([sys.executable, "-c", check], env=env, cwd=ROOT).returncode == 0
 
 
 # -- planning, keys, cache: no Ray needed ----------------------------------------------------------------------
 def test_one_task_per_artifact_and_keys_that_follow_the_inputs():
-    from sdk.report import tool_versions
-    from sdk.sweep_jobs import plan_exports
+    from sdk.report.tools import tool_versions
+    from sdk.sweep.jobs import plan_exports
 
     tools = tool_versions()
     jobs, refused = plan_exports(["tinybert_4l_312d"], ["onnx", "tflite", "coreml"], ["fp32", "int8-dynamic"],
@@ -279,7 +279,7 @@ def test_one_task_per_artifact_and_keys_that_follow_the_inputs():
 
 def test_device_names_are_their_ray_resources():
     from device_runtime.errors import UsageError
-    from sdk.sweep_jobs import Device
+    from sdk.sweep.jobs import Device
 
     assert Device.parse("local") == Device("local")
     board = Device.parse("board0=ssh://pi@board0.local", remote_python="/opt/py/bin/python3")

@@ -199,7 +199,7 @@ def test_unlowerable_op_is_named(tmp_path):
 def test_static_failure_falls_back_only_when_asked(tmp_path, monkeypatch):
     import torch
 
-    from converters import tflite as tfl
+    from converters.tflite import converter as tfl
 
     converter = get_converter("tflite")
     if converter.missing_toolchain():

@@ -12,7 +12,7 @@ import torch
 
 from device_runtime.errors import UsageError
 from models_zoo import WeightsError, get_model
-from sdk.analysis import count_flops, eager_attention
+from sdk.measure.analysis import count_flops, eager_attention
 
 # (params in millions, GMACs at the model's own input). DeiT: Touvron et al. 2021, Table 1 / timm's model
 # cards (5.91M / 1.26, 22.44M / 4.62, 87.34M / 17.66 with both heads); TinyViT: Wu et al. 2022, Table 4 /
@@ -32,7 +32,7 @@ FAMILIES = ("deit", "tinyvit", "distilbert")
 
 
 def test_zoo_list_shows_the_library_families(capsys):
-    from sdk.cli import EXIT_OK, main
+    from sdk.cli.app import EXIT_OK, main
 
     assert main(["zoo", "list"]) == EXIT_OK
     out = capsys.readouterr().out
@@ -159,7 +159,7 @@ def test_compress_recipes_refuse_distilbert_naming_what_is_unsupported(recipe):
 
 
 def test_compress_cli_refuses_distilbert_with_exit_2(tmp_path, capsys):
-    from sdk.cli import main
+    from sdk.cli.app import main
 
     code = main(["compress", "distilbert_base_uncased-tiny", "--method", "qat", "--out", str(tmp_path / "q")])
     assert code == 2 and "q_lin" in capsys.readouterr().err
@@ -180,7 +180,7 @@ def _zoo_doc():
                 "artifacts": [{"format": "pte", "precision": precision, "partitions": partitions, "p50_ms": p50},
                               {"format": "onnx", "precision": "fp32", "partitions": None, "p50_ms": p50 * 1.5}]}
 
-    from sdk.report_zoo import SCHEMA
+    from sdk.report.zoo import SCHEMA
 
     return {"schema": SCHEMA, "note": "measured", "models": [
         row("deit_tiny", 1.26, 40, 300, 10.0), row("tinyvit_5m", 1.26, 90, 700, 19.0, partitions=4),
@@ -189,7 +189,7 @@ def _zoo_doc():
 
 
 def test_zoo_pairs_name_the_factors_that_differ():
-    from sdk.report_zoo import equal_flops_pairs
+    from sdk.report.zoo import equal_flops_pairs
 
     pairs = equal_flops_pairs(_zoo_doc())
     # equal MACs and 1.9x (1.73x) apart: reported; 4.6 GMACs is not "equal"; 10 vs 11 ms is not "unequal"
@@ -202,7 +202,7 @@ def test_zoo_pairs_name_the_factors_that_differ():
 
 def test_report_gets_a_zoo_section_only_when_bench_zoo_json_is_there(tmp_path):
     from device_runtime.atomic import write_json
-    from sdk.report_zoo import ZOO_FILE, zoo_sections
+    from sdk.report.zoo import ZOO_FILE, zoo_sections
 
     assert zoo_sections(tmp_path) == []
     write_json(tmp_path / ZOO_FILE, _zoo_doc())

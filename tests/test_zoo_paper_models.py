@@ -12,7 +12,7 @@ from models_zoo import get_model
 from models_zoo.dynamicvit import keep_counts
 from models_zoo.mobileformer import PAPER as MOBILEFORMER_PAPER
 from models_zoo.mobileformer_layers import DynamicReLU
-from sdk.analysis import count_flops
+from sdk.measure.analysis import count_flops
 
 
 def _meta_module(name: str):

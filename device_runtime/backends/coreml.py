@@ -24,7 +24,7 @@ from device_runtime.session import Session, TensorInfo
 
 NOT_ON_MAC = "Core ML prediction needs macOS (coremltools converts and validates on Linux but cannot run models)"
 MODEL_ITEM = "com.apple.CoreML/model.mlmodel"
-# Pocketformer's keys in the package's user-defined metadata, written by converters.coreml under META_PREFIX;
+# Pocketformer's keys in the package's user-defined metadata, written by converters.coreml.converter under META_PREFIX;
 # this backend reads these three.
 META_PREFIX = "pocketformer."
 META_INPUTS, META_COMPUTE_UNITS, META_LABELS = "inputs", "compute_units", "labels"

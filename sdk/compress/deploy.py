@@ -27,7 +27,7 @@ def export_and_measure(spec, weights, formats: Sequence[str], precision: str | N
                        runs: int = 20) -> list[dict[str, Any]]:
     """Export `spec` with `weights` (None: the spec's default), verify, benchmark, and score on `sentences`."""
     import device_runtime
-    from sdk.pipeline import export
+    from sdk.export.api import export
 
     rows = []
     for result in export(spec, list(formats), precision, out_dir=Path(out_dir) / label,

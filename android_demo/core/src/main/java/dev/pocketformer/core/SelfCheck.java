@@ -9,7 +9,7 @@ import java.util.Map;
  * The self-check of one artifact on the phone: its outputs on the bundle's inputs against the host's outputs
  * of the same artifact ({@code expected/}; the "lowering" figures) and, for a precision below fp32, against
  * PyTorch's fp32 outputs ({@code reference/}; the "quantization" figures), judged with the bundle's tolerance by
- * {@link Parity#judge}, the SDK's rule: the export pipeline compares the same way (sdk/pipeline.py).
+ * {@link Parity#judge}, the SDK's rule: the export pipeline compares the same way (sdk/export/api.py).
  */
 public final class SelfCheck {
     private SelfCheck() {}
@@ -51,7 +51,7 @@ public final class SelfCheck {
             out.put("failures", new ArrayList<>());
             return out;
         }
-        // the reference here is the host's run of the same artifact: say so (as sdk/device_verify.py does)
+        // the reference here is the host's run of the same artifact: say so (as sdk/device/verify.py does)
         List<String> failures = new ArrayList<>();
         for (String f : Parity.judge(lowering, quantization, tolerance)) failures.add(f.replace("vs its PyTorch reference", "vs the host's outputs"));
         out.put("tolerance", tolerance.toJson());
