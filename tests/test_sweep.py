@@ -254,7 +254,7 @@ def test_without_ray_sweep_says_how_to_install_it(tmp_path):
 
 # -- planning, keys, cache: no Ray needed ----------------------------------------------------------------------
 def test_one_task_per_artifact_and_keys_that_follow_the_inputs():
-    from sdk.report.tools import tool_versions
+    from sdk.export.records import tool_versions
     from sdk.sweep.jobs import plan_exports
 
     tools = tool_versions()

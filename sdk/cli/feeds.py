@@ -27,7 +27,7 @@ def build_feed(artifact: Path, image: str | None, text: str | None, inputs: Sequ
                trust: bool = False) -> dict[str, Any]:
     """A feed from a raw image or sentence, preprocessed as the report beside the artifact says."""
     from models_zoo import data
-    from sdk.report.tools import report_for_artifact
+    from sdk.export.records import report_for_artifact
 
     if inputs:
         return parse_inputs(inputs)

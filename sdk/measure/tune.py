@@ -69,14 +69,16 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
          precisions: Sequence[str] | None = None, runs: int = 50, warmup: int = 5, threads: int | None = None,
          weights: str | None = None, eager: bool = True, progress=None) -> dict[str, Any]:
     from converters.base import ConversionError, UnsupportedError
-    from sdk.export.api import _spec, export
+    from sdk.export.api import export
+    from sdk.export.plan import resolve_spec
+    from sdk.export.shapes import OneShape
     from sdk.console.progress import Progress
     from device_runtime.atomic import write_json as write_json_atomic
-    from sdk.report.tools import tool_versions
+    from sdk.export.records import tool_versions
     from converters.parity import DegenerateReferenceError, ParityError
 
     progress = progress or Progress(enabled=False)
-    spec = _spec(model, tiny, seq_len)
+    spec = resolve_spec(model, tiny, OneShape(seq_len))
     todo, skipped = candidates(spec, formats, precisions)
     kept, rejected = [], []
     for fmt, precision in todo:

@@ -2,7 +2,7 @@
 
 A sweep crosses models x formats x precisions (the exports) with devices x repeats (the benchmarks). Its units:
 
-- `ExportUnit`: one artifact, `out/<model>/<folder key>/<file>`; planned with `sdk.export.api.plan`, so a
+- `ExportUnit`: one artifact, `out/<model>/<folder key>/<file>`; planned with `sdk.export.plan.plan`, so a
   combination the converter refuses is refused here, before any work, with the converter's reason.
 - `ExportJob`: what one Ray task exports: one artifact. Tasks export into a scratch folder on their worker and
   return the bytes; the driver is the only writer of the merged folder and its manifests, so no two tasks ever
@@ -15,7 +15,7 @@ A sweep crosses models x formats x precisions (the exports) with devices x repea
 Content keys are sha256 digests of everything that decides a result: the model spec (its full dataclass,
 tiny dims and sequence length included), the weights (the checkpoint's sha256, or the seeded random init), the
 format, the precision, the format's typed options with their defaults, and the tool versions
-(`sdk.report.tools.tool_versions`). A benchmark's key adds the artifact's own sha256, the device, the run counts
+(`sdk.export.records.tool_versions`). A benchmark's key adds the artifact's own sha256, the device, the run counts
 and the repeat. Only successes are cached: a failure may depend on something outside the key (a toolchain
 installed since, a device back online), so a rerun tries it again.
 """
@@ -173,21 +173,16 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
     """The export jobs to run and the units refused before any work (each with the converter's reason)."""
     from converters import get_converter
     from converters.base import UnsupportedError
-    from sdk.export.api import _spec, plan
+    from sdk.export.plan import plan, resolve_spec, split_options
+    from sdk.export.shapes import OneShape
 
     converters = [get_converter(f) for f in formats]  # an unknown format is a UsageError here
-    known = {name for c in converters for name in c.option_names()}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        from converters.base import UnknownOptionError
-
-        valid = "; ".join(f"{c.format}: {', '.join(c.option_names()) or 'none'}" for c in converters)
-        raise UnknownOptionError(f"unknown export option(s) {', '.join(unknown)} (valid: {valid})")
+    split_options(converters, options)  # an unknown option is refused before any work
     weights_id = weights_identity(weights)
     jobs: dict[tuple[str, str], ExportJob] = {}
     refused: list[ExportUnit] = []
     for name in models:
-        spec = _spec(name, tiny, seq_len)
+        spec = resolve_spec(name, tiny, OneShape(seq_len))
         for conv in converters:
             own = {k: v for k, v in options.items() if k in conv.option_names() and v is not None}
             for requested in precisions:

@@ -5,7 +5,7 @@ benchmarked on every device, into one report folder that `pocketformer report` r
     doc = sweep(["mobilevit_xxs", "tinybert_4l_312d"], formats=["onnx", "tflite"], precisions=["fp32", "int8"],
                 devices=["local", "board0=ssh://pi@board0.local"], repeats=2, out_dir="out")
 
-1. Plan (`sdk.sweep.jobs`): every combination through `sdk.export.api.plan`; refusals are recorded with the
+1. Plan (`sdk.sweep.jobs`): every combination through `sdk.export.plan.plan`; refusals are recorded with the
    converter's reason. One Ray task per artifact, exporting into its worker's scratch folder; this driver alone
    writes the merged folder (`out/<model>/<precision>/` and its report.json), so every manifest stays whole.
 2. Cache: a unit whose content key has a finished result, with its artifact still in place, is not redone.
@@ -30,7 +30,7 @@ from device_runtime import atomic, manifest
 from device_runtime.errors import PocketformerError, UsageError
 from sdk.sweep import cluster as ray_cluster
 from sdk.console.progress import Progress
-from sdk.report.tools import tool_versions
+from sdk.export.records import tool_versions
 from sdk.sweep.jobs import (BenchUnit, Cache, Device, ExportUnit, ExportJob, bench_key, cached_bench, cached_export,
                             pack, plan_exports, unpack)
 from sdk.sweep.report import SweepLine, figures, write_documents

@@ -1,4 +1,5 @@
-"""What the host adds to an artifact's manifest entry: the versions of the tools that made it.
+"""The host's side of an artifact's manifest record: the versions of the tools that made it (written into each
+entry), and the model section and entry read back from the manifest beside an artifact.
 
 The manifest itself (report.json: schema, reading, writing, hash checks) is `device_runtime.manifest`, so the
 device side and the host read it with the same code.
