@@ -95,7 +95,7 @@ def option_flags(options_type: type) -> list[str]:
     return [option_flag(f) for f in option_fields(options_type)]
 
 
-def _field_type(options_type: type, f: dataclasses.Field):
+def option_field_type(options_type: type, f: dataclasses.Field):
     """The field's base type (`int | None` -> int), from the dataclass's resolved annotations."""
     hint = typing.get_type_hints(options_type).get(f.name, str)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -115,7 +115,7 @@ def make_options(options_type: type, values: Mapping[str, Any], fmt: str = "") -
         choices = f.metadata.get("choices")
         if value is not None and choices and value not in choices:
             raise UsageError(f"{fmt} option {name}={value!r}: choose from {', '.join(map(str, choices))}")
-        kind = _field_type(options_type, f)
+        kind = option_field_type(options_type, f)
         if value is not None and kind in (bool, int, float, str) and not isinstance(value, kind):
             if not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
                 raise UsageError(f"{fmt} option {name}={value!r}: expected {kind.__name__}")

@@ -112,7 +112,7 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
 
     `references` (name, Session-like, feed) run in this process, in the same rounds (e.g. eager PyTorch).
     """
-    from device_runtime.measure import SCHEMA, _size, add_ratios, checked_arguments, host_info
+    from device_runtime.measure import SCHEMA, add_ratios, artifact_size, checked_arguments, host_info
     from device_runtime.session import LatencyStats
 
     feeds, names = checked_arguments(paths, runs, warmup, feeds, names)
@@ -159,7 +159,7 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
                           "load_time_ms": loaded["load_time_ms"], "runtime_import_ms": loaded["runtime_import_ms"],
                           "first_run_ms": loaded["first_run_ms"], "runs": runs, "warmup": warmup,
                           "latency": latency, "peak_rss_mb": entry["peak"] / 2**20,
-                          "load_rss_delta_mb": loaded["load_rss_delta_mb"], "size_bytes": _size(worker.path),
+                          "load_rss_delta_mb": loaded["load_rss_delta_mb"], "size_bytes": artifact_size(worker.path),
                           "memory_plan": loaded.get("memory_plan"),
                           "process": {"pid": worker.process.pid, "imports_torch": loaded["imports_torch"]}}
                 if profile_runs:
@@ -199,7 +199,7 @@ def _run(entry: dict[str, Any], settle: int, count: int) -> None:
 def _serve(commands, replies) -> None:
     """Answer the coordinator's commands for one artifact until "quit" or end of input."""
     import device_runtime
-    from device_runtime.measure import _profile, peak_rss_bytes, rss_bytes, timed_runs
+    from device_runtime.measure import profile_session, peak_rss_bytes, rss_bytes, timed_runs
 
     session = runner = None
     for line in commands:
@@ -229,7 +229,7 @@ def _serve(commands, replies) -> None:
                 reply = {"samples": timed_runs(runner, command["settle"], command["count"]),
                          "peak_rss": peak_rss_bytes()}
             elif op == "profile":
-                reply = _profile(session, arrays, command["runs"])
+                reply = profile_session(session, arrays, command["runs"])
             else:
                 raise UsageError(f"unknown worker command {op!r}")
         except Exception as exc:  # reported to the coordinator, which raises it there

@@ -172,11 +172,11 @@ def benchmark_artifacts(paths: Sequence[str], runs: int = 50, warmup: int = 5, t
                   "first_run_ms": session.first_run_ms, "runs": runs, "warmup": warmup, "latency": latency,
                   "peak_rss_mb": entry["peak"] / 2**20,
                   "load_rss_delta_mb": entry["load_rss_delta"] / 2**20 if entry["load_rss_delta"] is not None else None,
-                  "size_bytes": _size(session.path) if os.path.exists(session.path) else None}
+                  "size_bytes": artifact_size(session.path) if os.path.exists(session.path) else None}
         if entry.get("reference"):
             result["reference"] = True
         if profile_runs:
-            result.update(_profile(session, entry["arrays"], profile_runs))
+            result.update(profile_session(session, entry["arrays"], profile_runs))
         results.append(result)
     document = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "device": "local", "host": host_info(), "runs": runs, "warmup": warmup, "threads": threads,
@@ -213,7 +213,7 @@ def checked_arguments(paths, runs: int, warmup: int, feeds, names) -> tuple[list
     if runs < 1 or warmup < 0:
         raise UsageError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     return (list(feeds) if feeds is not None else [None] * len(paths),
-            list(names) if names is not None else _names(paths))
+            list(names) if names is not None else artifact_names(paths))
 
 
 def add_ratios(document: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +231,7 @@ def add_ratios(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _profile(session, arrays, runs: int) -> dict[str, Any]:
+def profile_session(session, arrays, runs: int) -> dict[str, Any]:
     from device_runtime.profile import ProfilerUnavailableError
 
     try:
@@ -245,7 +245,7 @@ def _reset_mark(resettable: bool) -> None:
         reset_peak_rss()
 
 
-def _names(paths: Sequence[str]) -> list[str]:
+def artifact_names(paths: Sequence[str]) -> list[str]:
     """Short unique labels: the last path parts that tell the artifacts apart (model/precision/file)."""
     parts = [os.path.normpath(str(p)).split(os.sep) for p in paths]
     for depth in range(min(3, min(len(p) for p in parts)), max(len(p) for p in parts) + 1):
@@ -255,7 +255,7 @@ def _names(paths: Sequence[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _size(path: str) -> int:
+def artifact_size(path: str) -> int:
     if os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
     return os.path.getsize(path)

@@ -335,7 +335,7 @@ class Session:
             if not self.allow_non_finite:
                 _check_finite(arr, info)  # before adapt_io quantizes a float feed (NaN has no int8 value)
             if self.adapt_io:
-                arr = _adapt(arr, info)
+                arr = adapt_array(arr, info)
             if arr.dtype != info.dtype:
                 hint = (f"quantize with scale {info.quantization.scale:.6g} and zero point "
                         f"{info.quantization.zero_point}, or load with adapt_io=True" if info.quantization else
@@ -408,7 +408,7 @@ def _check_finite(arr: np.ndarray, info: TensorInfo) -> None:
                               "(load with allow_non_finite=True to pass them through)")
 
 
-def _adapt(arr: np.ndarray, info: TensorInfo) -> np.ndarray:
+def adapt_array(arr: np.ndarray, info: TensorInfo) -> np.ndarray:
     want = np.dtype(info.dtype)
     if arr.dtype == want:
         return arr

@@ -17,16 +17,22 @@ MOBILEVIT_TOLERANCES = dict(VISION_TOLERANCES)
 
 
 def _tiny_cfg():
-    from timm.models.byobnet import ByoModelCfg
-    from timm.models.mobilevit import _inverted_residual_block, _mobilevit_block
+    # timm's public block config (ByoBlockCfg), not its private builder helpers: an inverted residual is timm's
+    # "bottle" block with the expansion applied to the input (bottle_in), a linear output and depthwise groups
+    # (gs=1); a MobileViT stage is one inverted residual followed by one "mobilevit" block (paper section 3.1).
+    from timm.models.byobnet import ByoBlockCfg, ByoModelCfg
+
+    def inverted_residual(c: int, s: int):
+        return ByoBlockCfg(type="bottle", d=1, c=c, s=s, gs=1, br=2.0,
+                           block_kwargs=dict(bottle_in=True, linear_out=True))
+
+    def mobilevit_stage(c: int, dim: int):
+        return (inverted_residual(c, 2),
+                ByoBlockCfg(type="mobilevit", d=1, c=c, s=1,
+                            block_kwargs=dict(transformer_dim=dim, transformer_depth=1, patch_size=2)))
 
     return ByoModelCfg(
-        blocks=(
-            _inverted_residual_block(d=1, c=8, s=1, br=2.0),
-            _inverted_residual_block(d=1, c=12, s=2, br=2.0),
-            _mobilevit_block(d=1, c=16, s=2, transformer_dim=24, transformer_depth=1, patch_size=2, br=2.0),
-            _mobilevit_block(d=1, c=24, s=2, transformer_dim=32, transformer_depth=1, patch_size=2, br=2.0),
-        ),
+        blocks=(inverted_residual(8, 1), inverted_residual(12, 2), mobilevit_stage(16, 24), mobilevit_stage(24, 32)),
         stem_chs=8, stem_type="3x3", stem_pool="", downsample="", act_layer="silu", num_features=64,
     )
 

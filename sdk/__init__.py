@@ -6,8 +6,14 @@
     print(sdk.benchmark(results[0].path, runs=50).latency)
 
 The names here are the real functions (same objects, same signatures) of the modules that own them: no
-wrappers. Modules are named for what they hold (`sdk.export.api`, `sdk.measure.bench`, ...), never after a function of
-this package, so importing one never shadows a public name.
+wrappers. The capabilities are subpackages: `sdk.export` (the pipeline), `sdk.measure` (bench, tune, analysis),
+`sdk.device` (bundles, device verification, the Android app), `sdk.serve`, `sdk.sweep`, `sdk.report`,
+`sdk.compress`, `sdk.cli`, and `sdk.console` beneath them all.
+
+`sdk.export` names both the function and the package `sdk/export/`. Importing that package binds it on `sdk`
+once, on its first import, which is the line below; the function is bound after it, so `sdk.export` stays the
+function whatever is imported later (tests/test_artifact_contract.py checks it). Import the package's modules
+by name (`from sdk.export.plan import plan_work`), not as `import sdk.export.plan`.
 """
 from __future__ import annotations
 

@@ -365,9 +365,72 @@ def test_no_upward_import_and_no_cycle_between_modules():
 
 
 def test_no_source_file_is_over_500_lines():
-    long = [f"{p.relative_to(ROOT)}: {n}" for package in ("converters", "device_runtime", "sdk")
+    long = [f"{p.relative_to(ROOT)}: {n}" for package in (*PACKAGES, "benchmarks", "scripts")
             for p in (ROOT / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > 500]
     assert not long, long
+
+
+# The SDK's own rooms, bottom to top: a subpackage imports only from its own layer's package or lower ones (the
+# CLI is the top; `report` reads what every capability writes; `export` is what the others build on).
+SDK_LAYERS = [{"console"}, {"export"}, {"compress", "measure"}, {"device", "serve", "sweep"}, {"report"}, {"cli"}]
+
+
+def _sdk_room(path: Path) -> str | None:
+    parts = path.relative_to(ROOT / "sdk").parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def test_sdk_rooms_import_only_from_lower_layers():
+    layer = {room: i for i, rooms in enumerate(SDK_LAYERS) for room in rooms}
+    rooms = {p.name for p in (ROOT / "sdk").iterdir() if (p / "__init__.py").exists()}
+    assert rooms == set(layer), f"every sdk subpackage has a layer: {sorted(rooms ^ set(layer))}"
+    upward = []
+    for path in (ROOT / "sdk").rglob("*.py"):
+        room = _sdk_room(path)
+        for line, name in _imports(path):
+            parts = name.split(".")
+            if room and parts[0] == "sdk" and len(parts) > 1 and parts[1] in layer and parts[1] != room \
+                    and layer[parts[1]] >= layer[room]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} imports {name} (layer {layer[parts[1]]} >= "
+                              f"{room}'s {layer[room]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore is its module's own: another module (a test included) that needs it means
+    the name should be public, or the code should move."""
+    private = []
+    for path in [p for package in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / package).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private += [f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {a.name}"
+                            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Import):
+                private += [f"{path.relative_to(ROOT)}:{node.lineno} import {a.name}" for a in node.names
+                            if any(part.startswith("_") and not part.startswith("__") for part in a.name.split("."))]
+    assert not private, "\n".join(private)
+
+
+def test_every_package_says_what_it_owns():
+    silent = [str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("__init__.py")
+              if len((ast.get_docstring(ast.parse(p.read_text())) or "").split()) < 8]
+    assert not silent, f"packages without a docstring saying what they own: {silent}"
+
+
+def test_sdk_export_stays_the_function_whatever_is_imported():
+    """`sdk.export` is the function and `sdk/export/` a package: importing the package binds it on `sdk` once, and
+    `sdk/__init__.py` binds the function after that. Every submodule of sdk and converters imported, in a fresh
+    interpreter, must leave it so."""
+    code = ("import importlib, pkgutil, inspect, sdk, converters\n"
+            "for pkg in (sdk, converters):\n"
+            "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        if not m.name.endswith('__main__'):\n"
+            "            importlib.import_module(m.name)\n"
+            "from sdk.export import api\n"
+            "assert inspect.isfunction(sdk.export) and sdk.export is api.export, sdk.export\n"
+            "print('OK')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
 
 
 def test_a_coreml_predict_failure_is_an_execution_error_not_bad_input():

@@ -309,11 +309,11 @@ def test_device_side_is_torch_free():
 
 def test_bench_main_runs_from_the_shipped_zip(export_tiny, tmp_path):
     from device_runtime.remote.bench_main import BEGIN, END
-    from device_runtime.remote.transport import _zip_package
+    from device_runtime.remote.transport import zip_package
 
     onnx = export_tiny("mobilevit_xxs", "onnx", "fp32").path
     package = tmp_path / "device_runtime.zip"
-    _zip_package(package)
+    zip_package(package)
     env = {**os.environ, "PYTHONPATH": str(package)}
     result = subprocess.run([sys.executable, "-m", "device_runtime.remote.bench_main", str(onnx), "--runs", "3",
                              "--warmup", "1", "--framed"], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -338,7 +338,7 @@ def _python(transport: Transport, workdir: str, artifacts, names, feeds, runs, w
     with tempfile.TemporaryDirectory(prefix="pf-remote-") as tmp:
         tmp = Path(tmp)
         package = tmp / "device_runtime.zip"
-        _zip_package(package)
+        zip_package(package)
         uploads, remote_args = [package], []
         for i, (artifact, name) in enumerate(zip(artifacts, names)):
             staged = tmp / f"a{i}_{artifact.name}"
@@ -411,7 +411,7 @@ def _explain_python_failure(transport: Transport, result: subprocess.CompletedPr
     raise RemoteError(f"the benchmark on {transport.label} failed (exit {result.returncode}): {text}")
 
 
-def _zip_package(target: Path) -> None:
+def zip_package(target: Path) -> None:
     """This `device_runtime` package as a zip (pure Python: importable from the zip on any device)."""
     root = Path(__file__).resolve().parents[1]
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -100,7 +100,7 @@ def _open(args):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from sdk.report.tools import report_for_artifact
+    from sdk.export.records import report_for_artifact
 
     artifact = existing_artifact(args.artifact, args.trust)
     feed = build_feed(artifact, args.image, args.text, args.input, trust=True)  # checked just above
@@ -298,7 +298,7 @@ def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
     (argparse's default is None: "not given"), so the CLI and the Python API cannot disagree.
     """
     from converters import get_converter, list_converters
-    from converters.base import _field_type, option_fields, option_flag
+    from converters.base import option_field_type, option_fields, option_flag
 
     dests: list[str] = ["seq_lens"]  # export's own flag (Core ML's enumerated shapes are one way to honour it)
     for fmt in list_converters():
@@ -308,7 +308,7 @@ def _add_converter_options(exp: argparse.ArgumentParser) -> list[str]:
             continue
         group = exp.add_argument_group(f"{fmt} options")
         for f in fields:
-            meta, kind = f.metadata, _field_type(conv.Options, f)
+            meta, kind = f.metadata, option_field_type(conv.Options, f)
             kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": meta.get("help") or None}
             flag = option_flag(f)
             if kind is bool:

@@ -72,7 +72,7 @@ def _run_local(bundle: Bundle, files, backend, threads):
 
 def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, ssh_key, ssh_options, adb,
                 timeout, note):
-    from device_runtime.remote.transport import _zip_package, make_transport, run_framed
+    from device_runtime.remote.transport import zip_package, make_transport, run_framed
 
     transport = make_transport(device, ssh_key, ssh_options, adb)
     note(f"connecting to {transport.label}")
@@ -82,7 +82,7 @@ def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, 
         with tempfile.TemporaryDirectory(prefix="pf-verify-") as tmp:
             tmp = Path(tmp)
             package, packed = tmp / "device_runtime.zip", tmp / "bundle.zip"
-            _zip_package(package)
+            zip_package(package)
             with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zf:  # one file to copy, checked there again
                 for path in sorted(p for p in bundle.root.rglob("*") if p.is_file()):
                     zf.write(path, path.relative_to(bundle.root).as_posix())

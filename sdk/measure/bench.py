@@ -21,7 +21,7 @@ import numpy as np
 
 def sample_feed(artifact: str | Path, trust: bool = False) -> dict[str, np.ndarray] | None:
     """The model's first real sample when the manifest beside the artifact names a zoo model; else None."""
-    from sdk.report.tools import report_for_artifact
+    from sdk.export.records import report_for_artifact
 
     model, _ = report_for_artifact(Path(artifact), trust=trust)
     prep = model.get("preprocessing")
@@ -80,7 +80,7 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
 
 def annotate(document: dict[str, Any], trust: bool = False) -> dict[str, Any]:
     """Add each artifact's model, precision and parity (from its manifest), and the single-artifact keys."""
-    from sdk.report.tools import report_for_artifact
+    from sdk.export.records import report_for_artifact
 
     for result in document.get("results", []):
         model, entry = report_for_artifact(Path(result["path"]), trust=trust)
@@ -102,9 +102,9 @@ def annotate(document: dict[str, Any], trust: bool = False) -> dict[str, Any]:
 
 
 def _labels(paths: Sequence[str]) -> list[str]:
-    from device_runtime.measure import _names
+    from device_runtime.measure import artifact_names
 
-    return _names(paths)
+    return artifact_names(paths)
 
 
 def _planned_mb(result: dict[str, Any]) -> float | None:
@@ -157,13 +157,13 @@ def session_overhead(path: str | Path, runs: int = 300, warmup: int = 20, thread
     skips all of it. Goal: overhead within 5 % or 50 us, whichever is larger.
     """
     import device_runtime
-    from device_runtime.session import _adapt
+    from device_runtime.session import adapt_array
 
     session = device_runtime.load(path, num_threads=threads)
     feed = dict(feed) if feed is not None else (sample_feed(path) or session.example_feed())
     # The zoo's token ids are int64; a model that takes int32 (TFLite) gets them cast once, outside the timing,
     # as adapt_io would on every run.
-    feed = {t.name: _adapt(np.asarray(feed[t.name]), t) for t in session.get_inputs() if t.name in feed}
+    feed = {t.name: adapt_array(np.asarray(feed[t.name]), t) for t in session.get_inputs() if t.name in feed}
     arrays = session.validate_feed(feed)
     raw = raw_call(session, arrays)
     for _ in range(warmup):
