@@ -71,6 +71,8 @@ class BertSpec(ModelSpec):
     # (capacity, max_segments) for the packed entry point (models_zoo.packed_bert); None: one sentence per run.
     packing: tuple[int, int] | None = None
     readout: str = "cls"  # the packed entry point's per-sentence readout ("cls" classifiers, "mean" embeddings)
+    vocab: str | None = None  # the tokenizer's vocab.txt or tokenizer.json (None: bert-base-uncased's)
+    lowercase: bool = True
 
     def with_seq_len(self, seq_len: int) -> "BertSpec":
         if not 1 < seq_len <= 512:
@@ -118,7 +120,7 @@ class BertSpec(ModelSpec):
     def _hf_config(self):
         from transformers import BertConfig
 
-        config = BertConfig(vocab_size=BERT_BASE_VOCAB, num_labels=self.num_labels, **self.config)
+        config = BertConfig(**{"vocab_size": BERT_BASE_VOCAB, **self.config}, num_labels=self.num_labels)
         # eager attention: plain matmul/softmax, which every exporter and XNNPACK take, and which
         # FlopCounterMode counts (fused attention is invisible to it).
         config._attn_implementation = "eager"
@@ -148,7 +150,7 @@ class BertSpec(ModelSpec):
         return tuple(InputSpec(n, (1, self.seq_len), "int64", {1: "sequence"}, ranges[n]) for n in names)
 
     def preprocessing(self) -> dict[str, Any]:
-        prep = {"kind": "text", "seq_len": self.seq_len, "lowercase": True, "vocab": None,
+        prep = {"kind": "text", "seq_len": self.seq_len, "lowercase": self.lowercase, "vocab": self.vocab,
                 "input_names": list(self.input_names)}
         if self.packing:  # sentences are tokenised unpadded, then packed (device_runtime.packing.pack)
             prep["packing"] = {"capacity": self.packing[0], "max_segments": self.packing[1], "readout": self.readout}
@@ -173,6 +175,8 @@ class BertSpec(ModelSpec):
         return [row.arrays for row in pack(feeds, *self.packing)]
 
     def labels(self) -> list[str] | None:
+        if self.label_names:
+            return list(self.label_names)
         return list(SST2_LABELS) if self.num_labels == 2 else None
 
 

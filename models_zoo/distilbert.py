@@ -54,7 +54,7 @@ class DistilBertSpec(BertSpec):
     def _hf_config(self):
         from transformers import DistilBertConfig
 
-        config = DistilBertConfig(vocab_size=BERT_BASE_VOCAB, num_labels=self.num_labels, **self.config)
+        config = DistilBertConfig(**{"vocab_size": BERT_BASE_VOCAB, **self.config}, num_labels=self.num_labels)
         config._attn_implementation = "eager"  # plain matmul/softmax: every exporter takes it, FLOPs count it
         return config
 

@@ -77,7 +77,7 @@ class SentenceEmbeddingSpec(BertSpec):
         """Without `weights`, the packaged real weights when installed (said in `pocketformer_weights`)."""
         default = weights is None and self.default_weights is not None and not self.is_tiny
         module = super().build(weights=self.default_weights if default else weights, seed=seed)
-        if default:
+        if default and self.source is None:  # the zoo's own default, not a user's folder
             module.pocketformer_weights["default"] = f"real all-MiniLM-L6-v2 weights from the {WEIGHTS_PACKAGE} package"
         return module
 

@@ -72,6 +72,13 @@ class ModelSpec:
     labels_source: str | None = None
     tiny_overrides: dict[str, Any] | None = None
     is_tiny: bool = False
+    # The user's own model (models_zoo.user_models): its label names, the checkpoint `build()` loads when given
+    # none, where it came from, and what was changed to fit its checkpoint (a head of another size).
+    label_names: tuple[str, ...] | None = None
+    default_weights: str | None = None
+    source: str | None = None
+    folder: str | None = None  # the model folder the spec was read from (bundles and reports read it again)
+    head_note: str | None = None
 
     # -- variants -------------------------------------------------------------------------------
     def tiny(self) -> "ModelSpec":
@@ -87,6 +94,8 @@ class ModelSpec:
         """The eval-mode PyTorch module: weights from a local checkpoint, or a seeded random init."""
         import torch
 
+        if weights is None and self.default_weights is not None and not self.is_tiny:
+            weights = self.default_weights
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             module = self._build()
@@ -170,7 +179,7 @@ class ModelSpec:
         raise NotImplementedError
 
     def labels(self) -> list[str] | None:
-        return None
+        return list(self.label_names) if self.label_names else None
 
     def tolerance(self, precision: "str | Precision") -> Tolerance:
         """The tolerance that judges an export at `precision` (both int8 recipes share `int8`'s unless the
@@ -216,6 +225,9 @@ class ModelSpec:
             "default_precision": self.default_precision,
             "int8_scheme": self.int8_scheme,
             "preprocessing": self.preprocessing(),
+            **({"source": self.source} if self.source else {}),
+            **({"folder": self.folder} if self.folder else {}),
+            **({"head": self.head_note} if self.head_note else {}),
         }
 
 
@@ -244,7 +256,13 @@ def family_representatives() -> list[str]:
 
 
 def get_model(name: str, tiny: bool = False) -> ModelSpec:
-    """The spec of a zoo model; `name-tiny` or `tiny=True` gives its tiny variant."""
+    """The spec of a zoo model; `name-tiny` or `tiny=True` gives its tiny variant. A folder holding config.json
+    (a Hugging Face or timm save) is the user's own model (`models_zoo.user_models`)."""
+    from models_zoo import user_models
+
+    if user_models.is_model_folder(name):
+        spec = user_models.spec_from_folder(name)
+        return spec.tiny() if tiny else spec
     base, _, suffix = name.partition("-")
     if suffix == "tiny":
         name, tiny = base, True

@@ -42,6 +42,8 @@ class TimmVisionSpec(ModelSpec):
     image_size: int = 224
     model_args: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 1000
+    # A timm folder's own pretrained_cfg (mean, std, crop_pct, interpolation) over the architecture's.
+    pretrained_cfg: dict[str, Any] | None = None
 
     def input_specs(self) -> tuple[InputSpec, ...]:
         return (InputSpec("pixel_values", (1, 3, self.image_size, self.image_size), "float32"),)
@@ -49,7 +51,7 @@ class TimmVisionSpec(ModelSpec):
     def preprocessing(self) -> dict[str, Any]:
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(self.timm_name).to_dict()
+        cfg = {**get_pretrained_cfg(self.timm_name).to_dict(), **(self.pretrained_cfg or {})}
         return {"kind": "image", "size": [self.image_size, self.image_size], "crop_pct": cfg["crop_pct"],
                 "interpolation": cfg["interpolation"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
@@ -62,6 +64,8 @@ class TimmVisionSpec(ModelSpec):
         return [{"pixel_values": preprocess_image(path, prep)} for path in calibration_photo_paths()]
 
     def labels(self) -> list[str] | None:
+        if self.label_names:
+            return list(self.label_names)
         if self.num_classes != 1000:
             return None
         from timm.data import ImageNetInfo

@@ -58,10 +58,11 @@ def _spec_for(model: dict[str, Any]):
     from models_zoo.errors import UnknownModelError
 
     try:
-        spec = get_model(model["name"])
+        # A user's model folder is read again from where it was exported (its spec, tokenizer and preprocessing).
+        spec = get_model(model["folder"] if model.get("folder") else model["name"])
     except (UnknownModelError, KeyError):
         raise UsageError(f"{model.get('name')!r} is not a zoo model: a bundle needs the zoo's real samples "
-                         "(bundle zoo exports)") from None
+                         "(bundle zoo exports and model folders)") from None
     seq_len = (model.get("preprocessing") or {}).get("seq_len")
     if seq_len and hasattr(spec, "with_seq_len") and getattr(spec, "seq_len", seq_len) != seq_len:
         spec = spec.with_seq_len(seq_len)
@@ -207,7 +208,10 @@ def write_bundle(paths: Sequence[str | Path], out: str | Path, zip_: bool = Fals
         if prep.get("kind") == "text":
             from models_zoo import data
 
-            shutil.copy2(prep.get("vocab") or data.bert_vocab_path(), root / "vocab.txt")
+            # The device side reads a WordPiece vocab.txt (one token a line, by id): a folder's tokenizer.json is
+            # written out as one.
+            (root / "vocab.txt").write_text("".join(f"{token}\n" for token in data.wordpiece_vocab(
+                prep.get("vocab") or data.bert_vocab_path())), encoding="utf-8")
             meta["vocab"] = "vocab.txt"
         if model.get("labels"):
             (root / "labels.txt").write_text("".join(f"{label}\n" for label in model["labels"]), encoding="utf-8")

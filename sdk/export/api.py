@@ -58,7 +58,8 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     progress = progress or Progress(enabled=False)
     formats = [formats] if isinstance(formats, str) else list(formats)
     shapes = shapes_from_options(seq_len, seq_lens, pack, batch_sizes, options)
-    spec, items = plan_work(model, shapes, formats, precision, out_dir, options, tiny=tiny, progress=progress)
+    spec, items = plan_work(model, shapes, formats, precision, out_dir, options, tiny=tiny, weights=weights,
+                            progress=progress)
     with progress.step(f"build {spec.name} ({weights or getattr(spec, 'default_weights', None) or 'random weights'})"):
         inputs = ExportInputs(spec.build(weights=str(weights) if weights else None), calibration)
         for item in items:  # every shape's real inputs and PyTorch outputs, before the first conversion

@@ -21,6 +21,7 @@ from converters import get_converter, list_converters
 from converters.base import Converter, UnknownOptionError, UnsupportedError, option_values, resolve_precision
 from device_runtime.errors import UsageError
 from models_zoo import ModelSpec, Precision, get_model
+from models_zoo.user_models import for_checkpoint
 from sdk.console.progress import Progress
 from sdk.export.shapes import BatchSizes, Buckets, Lengths, OneShape, PackedRow, Shapes
 
@@ -50,12 +51,15 @@ class WorkItem:
     buckets: Buckets | None = None
 
 
-def resolve_spec(model: str | ModelSpec, tiny: bool = False, shapes: Shapes = OneShape()) -> ModelSpec:
-    """The zoo spec (its tiny variant with `tiny`) at one shape: a sequence length, or the packed entry point.
-    Bucket axes resolve to the spec itself (each size is applied per item)."""
-    spec = model if isinstance(model, ModelSpec) else get_model(model, tiny=tiny)
+def resolve_spec(model: str | ModelSpec, tiny: bool = False, shapes: Shapes = OneShape(),
+                 weights: str | Path | None = None) -> ModelSpec:
+    """The zoo spec (its tiny variant with `tiny`; a model folder's own spec) with the head size of `weights`
+    where it has another, at one shape: a sequence length, or the packed entry point. Bucket axes resolve to the
+    spec itself (each size is applied per item)."""
+    spec = model if isinstance(model, ModelSpec) else get_model(str(model), tiny=tiny)
     if tiny and not spec.is_tiny:
         spec = spec.tiny()
+    spec = for_checkpoint(spec, weights)
     if isinstance(shapes, OneShape) and shapes.seq_len is not None:
         if not hasattr(spec, "with_seq_len"):
             raise UsageError(f"{spec.name} has no sequence length to set")
@@ -113,11 +117,13 @@ def batchable_reason(spec: ModelSpec) -> str | None:
 
 
 def plan_work(model: str | ModelSpec, shapes: Shapes, formats: Sequence[str], precision: str | None,
-              out_dir: str | Path, options: dict[str, Any], *, tiny: bool = False,
+              out_dir: str | Path, options: dict[str, Any], *, tiny: bool = False, weights: str | Path | None = None,
               progress: Progress | None = None) -> tuple[ModelSpec, list[WorkItem]]:
     """The spec to build the PyTorch model from, and every work item of the export (see the module docstring)."""
     progress = progress or Progress(enabled=False)
-    spec = resolve_spec(model, tiny, shapes)
+    spec = resolve_spec(model, tiny, shapes, weights)
+    if spec.head_note:
+        progress.note(f"  {spec.name}: {spec.head_note}")
     if not isinstance(shapes, (Lengths, BatchSizes)):
         return spec, [WorkItem(p, spec) for p in plan(spec, formats, precision, out_dir, options)]
     converters = [get_converter(f) for f in formats]

@@ -78,7 +78,7 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
     from converters.parity import DegenerateReferenceError, ParityError
 
     progress = progress or Progress(enabled=False)
-    spec = resolve_spec(model, tiny, OneShape(seq_len))
+    spec = resolve_spec(model, tiny, OneShape(seq_len), weights)
     todo, skipped = candidates(spec, formats, precisions)
     kept, rejected = [], []
     for fmt, precision in todo:

@@ -182,7 +182,7 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
     jobs: dict[tuple[str, str], ExportJob] = {}
     refused: list[ExportUnit] = []
     for name in models:
-        spec = resolve_spec(name, tiny, OneShape(seq_len))
+        spec = resolve_spec(name, tiny, OneShape(seq_len), weights)
         for conv in converters:
             own = {k: v for k, v in options.items() if k in conv.option_names() and v is not None}
             for requested in precisions:

@@ -1,0 +1,172 @@
+"""The user's own model: Hugging Face and timm folders as the model, and checkpoints whose head has another size.
+
+The folders are made here the way users make them (`save_pretrained`, timm's `save_for_hf`, `torch.save` of a
+state dict), with tiny dims so each export takes seconds: a 3-label DistilBERT with its own label names and
+tokenizer, a BERT embedding model, a 10-class timm MobileViT. Each is exported, verified against PyTorch on real
+samples, and must carry its own labels into the manifest, the bundle and `run`'s output.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_runtime.errors import UsageError
+from models_zoo import WeightsError, get_model
+from sdk.cli.app import EXIT_OK, main
+
+LABELS = {0: "sad", 1: "neutral", 2: "happy"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _save_tokenizer(folder: Path, json_only: bool, lowercase: bool = True, max_length: int = 64) -> None:
+    from tokenizers import BertWordPieceTokenizer
+
+    from models_zoo.data import bert_vocab_path
+
+    if json_only:  # what a fast tokenizer's save_pretrained writes: tokenizer.json, no vocab.txt
+        BertWordPieceTokenizer(str(bert_vocab_path()), lowercase=lowercase).save(str(folder / "tokenizer.json"))
+    else:
+        shutil.copy2(bert_vocab_path(), folder / "vocab.txt")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": lowercase, "model_max_length": max_length, "tokenizer_class": "BertTokenizer"}))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The users' folders: made once per module."""
+    import timm
+    import torch
+    from timm.models._hub import save_for_hf
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("user-models")
+    torch.manual_seed(0)
+    config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=3, id2label=LABELS,
+                              label2id={v: k for k, v in LABELS.items()},
+                              architectures=["DistilBertForSequenceClassification"])
+    model = DistilBertForSequenceClassification(config)
+    for p in model.parameters():  # a spread of logits across sentences (transformers' init leaves them near-tied)
+        torch.nn.init.normal_(p, std=0.1)
+    model.save_pretrained(root / "sentiment-3")
+    _save_tokenizer(root / "sentiment-3", json_only=True)
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                architectures=["BertModel"]), add_pooling_layer=False)
+    for p in bert.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    bert.save_pretrained(root / "embedder")
+    _save_tokenizer(root / "embedder", json_only=False, lowercase=False, max_length=48)
+
+    mvit = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=10)
+    save_for_hf(mvit, str(root / "digits-mvit"), safe_serialization=True,
+                model_config={"label_names": [f"digit {i}" for i in range(10)]})
+    # The zoo's tiny MobileViT fine-tuned to 10 classes, saved as a plain state dict.
+    tiny = get_model("mobilevit_xxs", tiny=True)
+    from dataclasses import replace
+
+    torch.save(replace(tiny, num_classes=10).build().state_dict(), root / "tiny-mvit-10.pth")
+    return root
+
+
+def test_a_hugging_face_folder_is_read_as_the_user_saved_it(folders):
+    spec = get_model(str(folders / "sentiment-3"))
+    assert spec.family == "distilbert" and spec.num_labels == 3 and spec.labels() == ["sad", "neutral", "happy"]
+    assert spec.config["dim"] == 32 and spec.config["n_layers"] == 2 and spec.name == "sentiment_3"
+    prep = spec.preprocessing()
+    assert prep["vocab"].endswith("tokenizer.json") and prep["seq_len"] == 64 and prep["lowercase"]
+    assert "Hugging Face folder" in spec.describe()["source"]
+    embedder = get_model(str(folders / "embedder"))
+    assert embedder.task == "sentence-embedding" and embedder.labels() is None
+    assert embedder.preprocessing()["seq_len"] == 48 and not embedder.preprocessing()["lowercase"]
+    # The folder's tokenizer tokenizes: a real sentence is not all [UNK] (id 100).
+    ids = spec.sample_inputs()[0]["input_ids"][0]
+    assert len(set(ids.tolist()) - {0, 100, 101, 102}) >= 3
+
+
+def test_a_3_label_distilbert_folder_exports_verifies_and_prints_its_labels(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(folders / "sentiment-3"), "--to", "onnx,pte", "--out", str(out), "--quiet"]) == EXIT_OK
+    report = json.loads((out / "sentiment_3" / "fp32" / "report.json").read_text())
+    assert report["model"]["labels"] == ["sad", "neutral", "happy"]
+    assert {e["format"] for e in report["artifacts"].values()} == {"onnx", "pte"}
+    assert all(e["parity"]["passed"] and e["weights"]["source"] == "checkpoint" for e in report["artifacts"].values())
+    capsys.readouterr()
+    assert main(["run", str(out / "sentiment_3" / "fp32" / "model.pte"), "--text", "A gripping film."]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in ("sad", "neutral", "happy"))
+    # The bundle carries the labels and a WordPiece vocab.txt made from the folder's tokenizer.json.
+    from device_runtime.bundle import open_bundle
+    from models_zoo.data import bert_vocab_path
+    from sdk.device.bundles import write_bundle
+
+    bundle = write_bundle([out / "sentiment_3" / "fp32"], tmp_path / "sentiment.bundle")
+    with open_bundle(bundle) as b:
+        assert (b.root / "labels.txt").read_text().split("\n")[:3] == ["sad", "neutral", "happy"]
+        assert (b.root / "vocab.txt").read_text().splitlines() == bert_vocab_path().read_text().splitlines()
+    assert main(["verify", str(bundle), "--device", "local", "--report-dir", str(tmp_path / "v"), "--quiet"]) == EXIT_OK
+
+
+def test_the_zoo_model_takes_a_checkpoint_with_another_head(folders, tmp_path):
+    """The first thing a user tried: the zoo's DistilBERT with a 3-label folder as --weights stopped on "2 shape
+    mismatches"; the head is now sized from the checkpoint, and the folder's labels come with it."""
+    import sdk
+
+    (result,) = sdk.export("distilbert_base_uncased", "onnx", tiny=True, weights=folders / "sentiment-3",
+                           out_dir=tmp_path)
+    model = json.loads(result.report_path.read_text())["model"]
+    assert result.passed and model["labels"] == ["sad", "neutral", "happy"]
+    assert "head resized to the checkpoint's 3 classes" in model["head"]
+    (vision,) = sdk.export("mobilevit_xxs", "onnx", tiny=True, weights=folders / "tiny-mvit-10.pth", out_dir=tmp_path)
+    assert vision.passed and "10 classes" in json.loads(vision.report_path.read_text())["model"]["head"]
+    import device_runtime
+
+    logits = device_runtime.load(vision.path).run(None, get_model("mobilevit_xxs-tiny").sample_inputs()[0])[0]
+    assert logits.shape == (1, 10) and np.ptp(logits) > 0
+
+
+def test_a_timm_folder_and_a_bert_embedding_folder(folders, tmp_path):
+    import sdk
+
+    (result,) = sdk.export(str(folders / "digits-mvit"), "onnx", out_dir=tmp_path)
+    model = json.loads(result.report_path.read_text())["model"]
+    assert result.passed and model["labels"] == [f"digit {i}" for i in range(10)]
+    assert model["preprocessing"]["mean"] == [0.0, 0.0, 0.0] and model["preprocessing"]["size"] == [256, 256]
+    (embedding,) = sdk.export(str(folders / "embedder"), "onnx", out_dir=tmp_path)
+    assert embedding.passed and embedding.parity["lowering"]["cosine"] > 0.9999
+
+
+def test_folders_nobody_maps_or_that_do_not_fit_are_refused(folders, tmp_path):
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    with pytest.raises(UsageError, match="architecture GPT2LMHeadModel is not supported; supported: "
+                                         "BertForSequenceClassification, DistilBertForSequenceClassification"):
+        get_model(str(gpt))
+    timm_other = tmp_path / "convnext"
+    timm_other.mkdir()
+    (timm_other / "config.json").write_text(json.dumps({"architecture": "convnext_tiny", "num_classes": 3}))
+    with pytest.raises(UsageError, match=r"timm:convnext_tiny is not supported; .*timm:mobilevit_xxs"):
+        get_model(str(timm_other))
+    # Weights that do not fit their own config: the FFN width changed in config.json only.
+    wrong = tmp_path / "wrong"
+    shutil.copytree(folders / "sentiment-3", wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "hidden_dim": 96}))
+    with pytest.raises(WeightsError, match=r"does not fit wrong \(6 shape mismatches\)"):
+        get_model(str(wrong)).build()
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(folders / "sentiment-3", no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(UsageError, match="has no tokenizer: expected vocab.txt or tokenizer.json"):
+        get_model(str(no_tokenizer))
+    # From the CLI: a clear error and exit 2, nothing written.
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "export", str(gpt), "--to", "onnx", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "GPT2LMHeadModel is not supported" in done.stderr
+    assert not (tmp_path / "o").exists()
