@@ -78,7 +78,7 @@ def cmd_export(args, option_dests: list[str]) -> int:
     progress = Progress(enabled=not args.quiet)
     results = export(args.model, formats, args.precision, out_dir=args.out, weights=args.weights, tiny=args.tiny,
                      seq_len=args.seq_len, seq_lens=args.seq_lens, pack=args.pack, batch_sizes=args.batch_sizes,
-                     calibration=args.calibration,
+                     calibration=args.calibration, eval=args.eval,
                      progress=progress, **options)
     for result in results:
         print(result.summary())
@@ -224,6 +224,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     exp.add_argument("--calibration", metavar="PATH",
                      help="int8 calibration data: a folder of images, or a text file with one sentence a line "
                           "(default: the model's real sample inputs)")
+    exp.add_argument("--eval", metavar="PATH",
+                     help="your own labelled data: an image folder with one subfolder per class, or a TSV of "
+                          "text<TAB>label (text_a<TAB>text_b<TAB>label for pairs); reports the top-1 accuracy of fp32 "
+                          "PyTorch and of each artifact on it")
     exp.add_argument("--quiet", action="store_true", help="no progress lines")
     exp.add_argument("--bundle", metavar="PATH", help="also write a verification bundle of the exported artifacts "
                                                       "(a .zip when PATH ends in .zip; see `pocketformer bundle`)")

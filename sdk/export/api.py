@@ -24,9 +24,11 @@ from device_runtime.errors import PocketformerError
 from models_zoo import ModelSpec, Precision
 from sdk.console.progress import Progress
 from sdk.export.buckets import convert_and_verify_buckets
+from device_runtime.errors import UsageError
 from sdk.export.data import ExportInputs
+from sdk.export.evaluate import EvalSet, artifact_top1, pytorch_top1, read_eval_set
 from sdk.export.plan import WorkItem, plan_work
-from sdk.export.shapes import shapes_from_options
+from sdk.export.shapes import PackedRow, shapes_from_options
 from sdk.export.steps import ExportResult, convert_and_verify, model_section
 
 __all__ = ["export", "ExportResult"]
@@ -36,7 +38,8 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
            out_dir: str | Path = "out", weights: str | Path | None = None, *, tiny: bool = False,
            seq_len: int | None = None, seq_lens: str | Sequence[int] | None = None, pack: str | None = None,
            batch_sizes: str | Sequence[int] | None = None, calibration: str | Path | None = None,
-           progress: Progress | None = None, **options: Any) -> list[ExportResult]:
+           eval: str | Path | None = None, progress: Progress | None = None,  # noqa: A002 (the API's word)
+           **options: Any) -> list[ExportResult]:
     """Export a zoo model to each format, verify each artifact against PyTorch, and record it in report.json.
 
     Quantizers calibrate on the spec's real calibration samples, or on `calibration` (a folder of images, or
@@ -54,20 +57,29 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     (`models_zoo.packed_bert`; run it with `device_runtime.PackedRunner`).
     `batch_sizes` (e.g. "1,2,4,8"; the vision families) exports every batch size in one step, each verified on
     distinct real images stacked: one artifact holding them all where the format allows, else one per size.
+    `eval` (an image folder with a subfolder per class, or a TSV of text<TAB>label) adds the top-1 accuracy of
+    fp32 PyTorch and of each artifact on the user's own labelled data (`sdk.export.evaluate`).
     """
     progress = progress or Progress(enabled=False)
     formats = [formats] if isinstance(formats, str) else list(formats)
     shapes = shapes_from_options(seq_len, seq_lens, pack, batch_sizes, options)
     spec, items = plan_work(model, shapes, formats, precision, out_dir, options, tiny=tiny, weights=weights,
                             progress=progress)
+    evalset = None
+    if eval is not None:  # read (and refused) before any slow work, at the longest shape an item holds
+        if isinstance(shapes, PackedRow):
+            raise UsageError("--eval runs one sentence per feed: evaluate the unpacked export, not --pack")
+        evalset = read_eval_set(max((i.spec for i in items), key=lambda s: getattr(s, "seq_len", 0)), eval)
     with progress.step(f"build {spec.name} ({weights or getattr(spec, 'default_weights', None) or 'random weights'})"):
         inputs = ExportInputs(spec.build(weights=str(weights) if weights else None), calibration)
         for item in items:  # every shape's real inputs and PyTorch outputs, before the first conversion
             inputs.at(item.spec) if item.buckets is None else inputs.buckets(item.spec, item.buckets)
-    return [export_item(item, inputs, progress) for item in items]
+        if evalset is not None:
+            pytorch_top1(inputs.module, spec, evalset)
+    return [export_item(item, inputs, progress, evalset) for item in items]
 
 
-def export_item(item: WorkItem, inputs: ExportInputs, progress: Progress) -> ExportResult:
+def export_item(item: WorkItem, inputs: ExportInputs, progress: Progress, evalset: EvalSet | None = None) -> ExportResult:
     """Convert, verify, move into place and record one work item's artifact."""
     plan, spec, module = item.plan, item.spec, inputs.module
     converter, precision = plan.converter, plan.precision
@@ -89,6 +101,9 @@ def export_item(item: WorkItem, inputs: ExportInputs, progress: Progress) -> Exp
         if isinstance(exc, checks.ParityError):
             raise checks.ParityError(f"{exc} (figures in {report_path} under \"failed\"; nothing was replaced)") from None
         raise
+    if evalset is not None and parity.get("passed") is not None:  # runnable here: judged on the user's task too
+        parity = {**parity, "accuracy": artifact_top1(plan.final, evalset, label, progress)}
+        entry = dataclasses.replace(entry, parity=parity)
     # In place now: the entry records the bytes that are there.
     entry = dataclasses.replace(entry, sha256=manifest.sha256_of(plan.final), size_bytes=manifest.size_of(plan.final))
     report_path = manifest.record_artifact(plan.folder, model_section(spec), entry)

@@ -44,6 +44,10 @@ class ExportResult:
         quant = self.parity.get("quantization")
         if quant:
             line += f", SQNR vs fp32 {quant['sqnr_db']:.1f} dB"
+        accuracy = self.parity.get("accuracy")
+        if accuracy:
+            line += (f", top-1 {100 * accuracy['artifact_top1']:.1f}% on {accuracy['samples']} labelled samples "
+                     f"(fp32 PyTorch {100 * accuracy['fp32_pytorch_top1']:.1f}%, {0.0 - accuracy['drop_points']:+.1f} pt)")
         return line
 
 
