@@ -88,3 +88,16 @@ def test_labelled_text_and_the_refusals(digits, tmp_path):
         read_eval_set(replace(vision, num_classes=10), broken)
     with pytest.raises(UsageError, match="is a sentence-embedding model, not a classifier"):
         read_eval_set(get_model("minilm_l6_h384-tiny"), tsv)
+
+
+def test_tune_keeps_only_artifacts_within_the_accuracy_drop(digits, tmp_path):
+    from sdk.measure.tune import tune
+
+    doc = tune("mobilevit_xxs", tmp_path, tiny=True, formats=["onnx"], precisions=["fp32", "int8"], runs=3, warmup=1,
+               weights=str(digits.checkpoint), eval=digits.eval_dir, max_accuracy_drop=0.3, eager=False)
+    # Measured: fp32 loses nothing, ONNX int8-static 0.5 points (test above): only fp32 stays a candidate.
+    assert [c["precision"] for c in doc["candidates"]] == ["fp32"] and doc["pick"]["accuracy_drop_points"] <= 0.3
+    (dropped,) = [r for r in doc["rejected"] if "--max-accuracy-drop" in r["reason"]]
+    assert dropped["precision"] == "int8-static" and dropped["accuracy_drop_points"] > 0.3
+    with pytest.raises(UsageError, match="--max-accuracy-drop needs --eval"):
+        tune("mobilevit_xxs", tmp_path, tiny=True, max_accuracy_drop=1.0)

@@ -168,8 +168,8 @@ def cmd_tune(args) -> int:
     precisions = [p for part in (args.precisions or []) for p in part.split(",") if p] or None
     result = tune(args.model, out_dir=Path(args.out), tiny=args.tiny, seq_len=args.seq_len,
                   max_error=args.max_error, formats=formats, precisions=precisions, runs=args.runs,
-                  warmup=args.warmup, threads=args.threads, weights=args.weights,
-                  progress=Progress(enabled=not args.quiet))
+                  warmup=args.warmup, threads=args.threads, weights=args.weights, eval=args.eval,
+                  max_accuracy_drop=args.max_accuracy_drop, progress=Progress(enabled=not args.quiet))
     print(format_tune(result))
     return EXIT_OK if result.get("pick") else EXIT_UNSUPPORTED
 
@@ -276,6 +276,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     tun.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default 50)")
     tun.add_argument("--warmup", type=int, default=5, help="warm-up runs per candidate (default 5)")
     tun.add_argument("--threads", type=int, help="CPU threads for the runtimes")
+    tun.add_argument("--eval", metavar="PATH", help="your own labelled data (as export --eval): each candidate's "
+                                                    "top-1 accuracy is measured on it")
+    tun.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                     help="keep only candidates whose top-1 on --eval is within POINTS of fp32 PyTorch's")
     tun.add_argument("--quiet", action="store_true", help="no progress lines")
     tun.set_defaults(func=cmd_tune)
     for module in COMMAND_MODULES:

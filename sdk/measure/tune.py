@@ -67,7 +67,8 @@ def _error_vs_fp32(parity: dict[str, Any]) -> float | None:
 def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len: int | None = None,
          max_error: float | None = None, formats: Sequence[str] | None = None,
          precisions: Sequence[str] | None = None, runs: int = 50, warmup: int = 5, threads: int | None = None,
-         weights: str | None = None, eager: bool = True, progress=None) -> dict[str, Any]:
+         weights: str | None = None, eager: bool = True, eval: str | Path | None = None,  # noqa: A002
+         max_accuracy_drop: float | None = None, progress=None) -> dict[str, Any]:
     from converters.base import ConversionError, UnsupportedError
     from sdk.export.api import export
     from sdk.export.plan import resolve_spec
@@ -78,13 +79,17 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
     from converters.parity import DegenerateReferenceError, ParityError
 
     progress = progress or Progress(enabled=False)
+    if max_accuracy_drop is not None and eval is None:
+        from device_runtime.errors import UsageError
+
+        raise UsageError("--max-accuracy-drop needs --eval PATH: the labelled data the accuracy is measured on")
     spec = resolve_spec(model, tiny, OneShape(seq_len), weights)
     todo, skipped = candidates(spec, formats, precisions)
     kept, rejected = [], []
     for fmt, precision in todo:
         start = time.perf_counter()
         try:
-            result = export(spec, fmt, precision, out_dir=out_dir, weights=weights, progress=progress)[0]
+            result = export(spec, fmt, precision, out_dir=out_dir, weights=weights, eval=eval, progress=progress)[0]
         except (ParityError, DegenerateReferenceError) as exc:
             rejected.append({"format": fmt, "precision": precision, "reason": f"failed verification: {exc}"})
             continue
@@ -96,15 +101,24 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
                  "size_bytes": result.size_bytes, "max_abs_err_vs_fp32": error,
                  "sqnr_db_vs_fp32": (result.parity.get("quantization") or {}).get("sqnr_db"),
                  "export_s": time.perf_counter() - start}
+        accuracy = result.parity.get("accuracy")
+        if accuracy:
+            entry.update(top1=accuracy["artifact_top1"], fp32_pytorch_top1=accuracy["fp32_pytorch_top1"],
+                         accuracy_drop_points=accuracy["drop_points"])
         if result.passed is None:
             rejected.append({**entry, "reason": f"parity not run here: {result.parity.get('skipped')}"})
         elif max_error is not None and (error is None or error > max_error):
             rejected.append({**entry, "reason": f"max abs error vs fp32 {error:.3g} > --max-error {max_error:g}"})
+        elif max_accuracy_drop is not None and accuracy["drop_points"] > max_accuracy_drop:
+            rejected.append({**entry, "reason": f"top-1 {100 * accuracy['artifact_top1']:.1f}% is "
+                                                f"{accuracy['drop_points']:.1f} points below fp32 PyTorch's "
+                                                f"> --max-accuracy-drop {max_accuracy_drop:g}"})
         else:
             kept.append(entry)
 
     folder = Path(out_dir) / spec.name
-    document: dict[str, Any] = {"model": spec.name, "max_error": max_error, "tolerance": {
+    document: dict[str, Any] = {"model": spec.name, "max_error": max_error, "eval": str(eval) if eval else None,
+                                "max_accuracy_drop": max_accuracy_drop, "tolerance": {
         k: vars(v) for k, v in spec.tolerances.items()}, "skipped": skipped, "rejected": rejected,
         "candidates": kept, "pick": None, "tools": tool_versions()}
     if kept:
