@@ -50,6 +50,10 @@ def test_fine_tuned_checkpoint_keeps_its_accuracy_through_export(digits, tmp_pat
         print(f"digits, {entry['format']} {entry['precision']}: top-1 {figures['artifact_top1']:.3f} "
               f"(fp32 PyTorch {figures['fp32_pytorch_top1']:.3f}, {figures['drop_points']:.1f} points lost)")
         assert figures["drop_points"] <= INT8_MAX_DROP_POINTS, (entry["format"], figures)
+    # The HTML report shows it per artifact.
+    assert main(["report", str(out)]) == EXIT_OK
+    page = (out / "report.html").read_text()
+    assert "top-1 on --eval (vs fp32 PyTorch)" in page and f"{100 * accuracy['artifact_top1']:.1f}% (" in page
 
 
 def test_labelled_text_and_the_refusals(digits, tmp_path):

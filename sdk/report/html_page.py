@@ -63,7 +63,7 @@ def collect(root: Path) -> dict[str, Any]:
                 "max_abs_err": lowering.get("max_abs_err"),
                 "err_vs_fp32": quant.get("max_abs_err", lowering.get("max_abs_err")),
                 "sqnr_db": quant.get("sqnr_db"), "export_s": (entry.timings or {}).get("export_s"),
-                "weights": (entry.weights or {}).get("source")}
+                "weights": (entry.weights or {}).get("source"), "accuracy": parity.get("accuracy")}
     latency: dict[tuple[str, str], dict[str, Any]] = {}
     bench_files = []
     tunes = []
@@ -323,13 +323,19 @@ def tables(data: dict[str, Any], flops: dict[str, Any]) -> dict[str, tuple[list[
                          _fmt((a.get("size_bytes") or 0) / 1e6, ".2f"),
                          "not run: " + str(a["skipped"]) if a.get("verified") is None and a.get("skipped") else
                          _fmt(a.get("verified")), _fmt(a.get("max_abs_err"), ".2g"), _fmt(a.get("err_vs_fp32"), ".2g"),
-                         _fmt(a.get("sqnr_db"), ".1f"), _fmt(a.get("export_s"), ".1f"), _fmt(a.get("weights"))])
+                         _fmt(a.get("sqnr_db"), ".1f"), _accuracy_cell(a.get("accuracy")), _fmt(a.get("export_s"), ".1f"),
+                         _fmt(a.get("weights"))])
     return {
         "latency": (["model", "format", "precision", "device", "backend", "p50 ms", "p90 ms", "mean ms",
                      "first run ms", "load ms", "peak RSS / planned MB", "achieved GFLOP/s", "x first of its bench"], lat_rows),
         "artifacts": (["model", "format", "precision", "size MB", "verified", "max abs err (vs own ref.)",
-                       "max abs err vs fp32", "SQNR vs fp32 dB", "export s", "weights"], art_rows),
+                       "max abs err vs fp32", "SQNR vs fp32 dB", "top-1 on --eval (vs fp32 PyTorch)", "export s",
+                       "weights"], art_rows),
     }
+
+
+def _accuracy_cell(a: dict | None) -> str:  # top-1 on the user's labelled data, the points lost vs fp32 PyTorch
+    return "–" if not a else f"{100 * a['artifact_top1']:.1f}% ({0.0 - a['drop_points']:+.1f} pt; {a['samples']} samples)"
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;
