@@ -34,10 +34,20 @@ def test_the_four_keywords_parse_into_one_value(given, shapes):
     ({"seq_lens": "16,32", "pack": "64x4"}, "give --seq-lens or --pack, not both"),
     ({"pack": "64x4", "seq_len": 64}, "a packed row's length is its capacity"),
     ({"pack": "wide"}, "--pack takes CAPACITYxSEGMENTS"),
+    ({"seq_lens": [16, "x"]}, "sequence lengths must be integers"),
 ])
 def test_conflicting_or_malformed_shapes_are_refused_at_the_door(given, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         parse_shapes(**given)
+
+
+def test_a_range_of_lengths_goes_only_to_a_format_that_takes_it():
+    # Core ML takes "16-64" (a flexible range) through its own option; a bucketed format cannot.
+    shapes = parse_shapes(seq_lens="16-64")
+    assert shapes.sizes == () and shapes.text == "16-64"
+    assert _items("tinybert_4l_312d", shapes, ["coreml"], "fp32")[0][-1] == "16-64"
+    with pytest.raises(UsageError, match="sequence lengths must be integers, got '16-64'"):
+        _items("tinybert_4l_312d", shapes, ["coreml", "pte"], "fp32")
 
 
 def _items(model, shapes, formats, precision=None, options=None):

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from converters import get_converter, list_converters
 from converters.base import Converter, UnknownOptionError, UnsupportedError, option_values, resolve_precision
+from device_runtime.buckets import parse_lengths
 from device_runtime.errors import UsageError
 from models_zoo import ModelSpec, Precision, get_model
 from models_zoo.user_models import for_checkpoint
@@ -173,6 +174,8 @@ def _check_bucketable(spec: ModelSpec, shapes: Buckets, converters: list[Convert
     if isinstance(shapes, Lengths):
         if not hasattr(spec, "with_seq_len"):
             raise UsageError(f"{spec.name} has no sequence length: --seq-lens is for the BERT family")
+        if not shapes.sizes:
+            parse_lengths(shapes.text)  # raises its own message: what is wrong with the lengths as written
         return
     refused = [c.format for c in converters if not c.multi_batch]
     if refused:

@@ -11,7 +11,7 @@ artifact of its own. `sdk.export.plan` makes that choice per format.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from device_runtime.buckets import parse_batch_sizes, parse_lengths
@@ -35,9 +35,12 @@ class PackedRow:
 
 @dataclass(frozen=True)
 class Lengths:
-    """Several sequence lengths: the bucket axis `length`."""
+    """Several sequence lengths: the bucket axis `length`. `given` is the text as the user wrote it, which a
+    format taking the lengths itself parses in its own terms (Core ML also takes a range, `16-64`); `sizes` is
+    empty when that text is no list of lengths (then only such formats can take it)."""
 
     sizes: tuple[int, ...]
+    given: str | None = field(default=None, compare=False)
     axis = "length"
     flag = "--seq-lens"
     folder_word = "seqs"  # <precision>-seqs16-32-64/
@@ -45,7 +48,7 @@ class Lengths:
 
     @property
     def text(self) -> str:
-        return ",".join(map(str, self.sizes))
+        return self.given if self.given is not None else ",".join(map(str, self.sizes))
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,13 @@ def parse_shapes(seq_len: int | None = None, seq_lens: str | Sequence[int] | Non
             raise UsageError("give --seq-len or --seq-lens, not both")
         if pack is not None:
             raise UsageError("give --seq-lens or --pack, not both (a packed row's length is its capacity)")
-        return Lengths(tuple(parse_lengths(seq_lens)))
+        given = seq_lens if isinstance(seq_lens, str) else ",".join(map(str, seq_lens))
+        try:
+            return Lengths(tuple(parse_lengths(seq_lens)), given)
+        except UsageError:
+            if not isinstance(seq_lens, str):
+                raise
+            return Lengths((), given)  # a range or other spelling: refused later unless a format takes it itself
     if pack is not None:
         if seq_len is not None:
             raise UsageError("a packed row's length is its capacity: give --pack 128x16, not --seq-len as well")
