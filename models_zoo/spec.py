@@ -232,6 +232,13 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, Callable[[str], ModelSpec]] = {}
+# Functions from a name to a spec (or None) asked before the registry: the user's own models. A hook rather than
+# an import, so this module does not import the modules built on it.
+_RESOLVERS: list[Callable[[str], "ModelSpec | None"]] = []
+
+
+def register_resolver(resolve: Callable[[str], "ModelSpec | None"]) -> None:
+    _RESOLVERS.append(resolve)
 
 
 def register_model(fn: Callable[[str], ModelSpec]) -> Callable[[str], ModelSpec]:
@@ -256,13 +263,12 @@ def family_representatives() -> list[str]:
 
 
 def get_model(name: str, tiny: bool = False) -> ModelSpec:
-    """The spec of a zoo model; `name-tiny` or `tiny=True` gives its tiny variant. A folder holding config.json
-    (a Hugging Face or timm save) is the user's own model (`models_zoo.user_models`)."""
-    from models_zoo import user_models
-
-    if user_models.is_model_folder(name):
-        spec = user_models.spec_from_folder(name)
-        return spec.tiny() if tiny else spec
+    """The spec of a zoo model; `name-tiny` or `tiny=True` gives its tiny variant. A name some resolver knows
+    (`register_resolver`: a Hugging Face or timm folder, `models_zoo.user_models`) is the user's own model."""
+    for resolve in _RESOLVERS:
+        spec = resolve(name)
+        if spec is not None:
+            return spec.tiny() if tiny else spec
     base, _, suffix = name.partition("-")
     if suffix == "tiny":
         name, tiny = base, True

@@ -31,7 +31,7 @@ from typing import Any
 
 from device_runtime.errors import UsageError
 from models_zoo.errors import WeightsError
-from models_zoo.spec import ModelSpec
+from models_zoo.spec import ModelSpec, register_resolver
 
 # Hugging Face architectures (config.json "architectures") and the zoo recipe each maps to.
 HF_TEXT = {"BertForSequenceClassification": "bert", "DistilBertForSequenceClassification": "distilbert",
@@ -48,6 +48,14 @@ HEAD_KEYS = ("classifier.weight", "head.fc.weight", "head.weight", "fc.weight", 
 def is_model_folder(name: str) -> bool:
     path = Path(name)
     return path.is_dir() and (path / "config.json").is_file()
+
+
+def resolve_folder(name: str) -> ModelSpec | None:
+    """`get_model`'s hook: the spec of a model folder, None for any other name."""
+    return spec_from_folder(name) if is_model_folder(name) else None
+
+
+register_resolver(resolve_folder)
 
 
 def supported_architectures() -> list[str]:
