@@ -17,8 +17,8 @@ from pathlib import Path
 
 from device_runtime import backends as _backends_pkg
 from device_runtime.errors import (BackendUnavailableError, CorruptArtifactError, DTypeError, ExecutionError,
-                                   InputError, MissingInputError, NonFiniteInputError, ShapeError, UnexpectedInputError,
-                                   UnknownFormatError, ValueRangeError)
+                                   IncompatibleProgramError, InputError, MissingInputError, NonFiniteInputError,
+                                   ShapeError, UnexpectedInputError, UnknownFormatError, ValueRangeError)
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError, profile_capabilities
 from device_runtime.registry import BACKENDS, FORMATS, choose_backend, sniff_format
 from device_runtime.session import BenchmarkResult, LatencyStats, QuantParams, Session, TensorInfo, with_value_ranges
@@ -97,7 +97,7 @@ def list_backends() -> dict[str, list[dict]]:
 __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "TensorInfo", "QuantParams",
            "OpProfile", "OpProfileRow", "ProfilerUnavailableError", "profile_capabilities",
            "BenchmarkResult", "LatencyStats", "BackendUnavailableError", "CorruptArtifactError", "DTypeError",
-           "ExecutionError", "InputError", "MissingInputError", "NonFiniteInputError", "ShapeError", "UnexpectedInputError",
-           "UnknownFormatError", "ValueRangeError"]
+           "ExecutionError", "IncompatibleProgramError", "InputError", "MissingInputError", "NonFiniteInputError",
+           "ShapeError", "UnexpectedInputError", "UnknownFormatError", "ValueRangeError"]
 __all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner", "BucketedSession", "SequenceTooLongError",
             "PackedRunner", "packed_batch_runner"]

@@ -29,6 +29,14 @@ class CorruptArtifactError(PocketformerError, ValueError):
     """The file looks like a known format but is truncated or malformed."""
 
 
+class IncompatibleProgramError(PocketformerError, ValueError):
+    """A well-formed artifact that this runtime's version cannot run (an ExecuTorch program asking for operators,
+    delegates or a schema the installed runtime lacks); refused before the runtime loads it. Exit 3: another
+    runtime, or an export for this one, runs it."""
+
+    exit_code = EXIT_UNSUPPORTED
+
+
 class ArtifactNotFoundError(PocketformerError, FileNotFoundError):
     """No file or folder at the artifact path given."""
 

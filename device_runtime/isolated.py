@@ -8,6 +8,13 @@ gets a worker process (`python -m device_runtime.isolated`) that imports only it
 `device_runtime.measure.benchmark_artifacts` interleaves sessions: the start rotates from round to round, and
 only one worker runs at a time. Peak resident memory is each worker's own high-water mark: the artifact alone.
 
+A `.pte` worker imports torch when it runs through the ExecuTorch binding. Where this Python cannot run
+executorch-numpy-runtime (it needs CPython >= 3.12) but a device environment that can is at hand (`pte_python`:
+by default $POCKETFORMER_PTE_PYTHON, else the checkout's .cache/py313-device from scripts/py313_device_env.sh),
+a `.pte` worker runs in that Python instead, torch-free, as on a device; each result says which backend and
+ExecuTorch version ran and in which Python. Not when a thread count other than that runtime's fixed pool is
+asked for, or the binding is named: those workers run here, through the binding.
+
 The protocol is JSON lines: commands on the worker's stdin, replies on a private copy of its stdout (fd 1 is
 pointed at stderr first, so a runtime's own prints cannot corrupt it). Standard library and numpy only.
 """
@@ -47,15 +54,15 @@ class _Worker:
     """The coordinator's handle on one worker process."""
 
     def __init__(self, path: str, backend: str | None, threads: int | None, feed: Mapping[str, Any] | None,
-                 folder: str, index: int) -> None:
+                 folder: str, index: int, python: str | None = None) -> None:
         self.path = path
         feed_path = None
         if feed is not None:
             feed_path = os.path.join(folder, f"feed{index}.npz")
             np.savez(feed_path, **{k: np.asarray(v) for k, v in feed.items()})
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "device_runtime.isolated"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        self.process = subprocess.Popen([python or sys.executable, "-m", "device_runtime.isolated"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
         try:
             self.loaded = self.call({"op": "load", "path": path, "backend": backend, "threads": threads,
                                      "feed": feed_path})
@@ -102,25 +109,53 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def default_pte_python() -> str | None:
+    """$POCKETFORMER_PTE_PYTHON (empty: none), else the checkout's torch-free Python >= 3.12 device environment
+    (.cache/py313-device, marked READY by scripts/py313_device_env.sh) when it is there, else None."""
+    if "POCKETFORMER_PTE_PYTHON" in os.environ:
+        return os.environ["POCKETFORMER_PTE_PYTHON"] or None
+    env = os.path.join(_package_root(), ".cache", "py313-device")
+    python = os.path.join(env, "bin", "python")
+    return python if os.path.isfile(os.path.join(env, "READY")) and os.access(python, os.X_OK) else None
+
+
+def worker_python(path: str, backend: str | None, threads: int | None, pte_python: str | None) -> str | None:
+    """The Python of an artifact's worker: `pte_python` for a `.pte` this Python could only run through the
+    torch-importing binding, when the numpy runtime's fixed thread pool serves `threads`; else None (this one)."""
+    from device_runtime.backends.executorch_numpy import BACKEND, pool_threads, unavailable
+    from device_runtime.registry import sniff_format
+
+    if not pte_python or backend not in (None, BACKEND) or unavailable() is None:
+        return None
+    try:
+        fmt = sniff_format(path)
+    except PocketformerError:  # not an artifact: the worker reports it, as for any format
+        return None
+    return pte_python if fmt == "pte" and threads in (None, pool_threads()) else None
+
+
 def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, threads: int | None = None,
                        feeds: Sequence[Mapping[str, Any] | None] | None = None, names: Sequence[str] | None = None,
                        backend: str | None = None, profile_runs: int = 0,
                        progress: Callable[[int, int], None] | None = None,
                        references: Sequence[tuple[str, Any, Mapping[str, Any] | None]] = (),
-                       block: int = BLOCK, settle: int = SETTLE) -> dict[str, Any]:
+                       block: int = BLOCK, settle: int = SETTLE, pte_python: str | None = "default") -> dict[str, Any]:
     """The document `measure.benchmark_artifacts` returns, with each artifact measured in its own process.
 
     `references` (name, Session-like, feed) run in this process, in the same rounds (e.g. eager PyTorch).
+    `pte_python`: the torch-free Python for `.pte` workers (see the module docstring; None: none).
     """
     from device_runtime.measure import SCHEMA, add_ratios, artifact_size, checked_arguments, host_info
     from device_runtime.session import LatencyStats
 
     feeds, names = checked_arguments(paths, runs, warmup, feeds, names)
+    pte_python = default_pte_python() if pte_python == "default" else pte_python
     workers: list[_Worker] = []
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as folder:
         try:
             for i, (path, feed) in enumerate(zip(paths, feeds)):
-                workers.append(_Worker(str(path), backend, threads, feed, folder, i))
+                python = worker_python(str(path), backend, threads, pte_python)
+                workers.append(_Worker(str(path), backend, threads, feed, folder, i, python))
             entries: list[dict[str, Any]] = [{"name": n, "worker": w, "samples": [], "peak": 0}
                                              for n, w in zip(names, workers)]
             for name, session, feed in references:
@@ -160,8 +195,9 @@ def benchmark_isolated(paths: Sequence[str], runs: int = 50, warmup: int = 5, th
                           "first_run_ms": loaded["first_run_ms"], "runs": runs, "warmup": warmup,
                           "latency": latency, "peak_rss_mb": entry["peak"] / 2**20,
                           "load_rss_delta_mb": loaded["load_rss_delta_mb"], "size_bytes": artifact_size(worker.path),
-                          "memory_plan": loaded.get("memory_plan"),
-                          "process": {"pid": worker.process.pid, "imports_torch": loaded["imports_torch"]}}
+                          "memory_plan": loaded.get("memory_plan"), "runtime_version": loaded.get("runtime_version"),
+                          "process": {"pid": worker.process.pid, "imports_torch": loaded["imports_torch"],
+                                      "python": loaded.get("python"), "executable": worker.process.args[0]}}
                 if profile_runs:
                     result.update(worker.call({"op": "profile", "runs": profile_runs}))
                 results.append(result)
@@ -224,7 +260,8 @@ def _serve(commands, replies) -> None:
                          "runtime_import_ms": max(0.0, import_ms - session.load_time_ms),
                          "first_run_ms": session.first_run_ms,
                          "load_rss_delta_mb": (after - before) / 2**20 if before is not None and after is not None
-                         else None, "imports_torch": "torch" in sys.modules, "memory_plan": session.memory_plan()}
+                         else None, "imports_torch": "torch" in sys.modules, "memory_plan": session.memory_plan(),
+                         "runtime_version": session.info.get("runtime_version"), "python": sys.version.split()[0]}
             elif op == "run":
                 reply = {"samples": timed_runs(runner, command["settle"], command["count"]),
                          "peak_rss": peak_rss_bytes()}

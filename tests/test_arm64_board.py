@@ -8,6 +8,11 @@ with only the CPU emulated. Goals: fp32 within 1e-5 of the host, int8 within its
 
 The second device environment, a venv with numpy<2 and tflite-runtime 2.14 only (scripts/tflite_runtime_env.sh),
 is reached the same way and runs `verify` and `bench` through the `tflite_runtime` backend.
+
+The Debian 13 boards (`scripts/arm64_board.sh --debian trixie --cpu CLASS`, .cache/arm64-board-trixie-CLASS) are
+Python 3.13 with executorch-numpy-runtime too, so `.pte` runs there without torch, on two CPU classes: a Cortex-A72
+(no dot product, no fp16 arithmetic) and a Cortex-A76 (both, as phones of the last years have): every runnable
+format verifies on each.
 """
 from __future__ import annotations
 
@@ -119,3 +124,82 @@ def test_verify_and_bench_with_tflite_runtime_over_ssh(board_bundle, sshd, tmp_p
                      "1", "--quiet", "--json", str(out)]) == EXIT_OK
     result = json.loads(out.read_text())["results"][0]
     assert result["backend"] == "tflite_runtime" and result["latency"]["p50"] > 0
+
+
+# -- the Debian 13 (Python 3.13) boards, two CPU classes ------------------------------------------------------
+TRIXIE_CLASSES = {"cortex-a72": ("Cortex-A72", "0xd08"), "cortex-a76": ("Cortex-A76", "0xd0b")}
+# Linux's names for the AT_HWCAP bits (arch/arm64/kernel/cpuinfo.c order), enough for the classes emulated here.
+HWCAP = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
+         "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg").split()
+HWCAP2 = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 "
+          "i8mm bf16 dgh rng bti mte ecv afp rpres mte3 sme").split()
+
+
+def trixie_board(cpu: str) -> Path:
+    board = BOARD.parent / f"arm64-board-trixie-{cpu}"
+    if shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("qemu-aarch64-static is not installed (Debian: apt-get install qemu-user-static; .ci/run does)")
+    if not (board / "READY").is_file():
+        pytest.skip(f"no Debian 13 arm64 board at {board}: build it with scripts/arm64_board.sh --debian trixie "
+                    f"--cpu {cpu} (.ci/run does); tests never download it")
+    return board
+
+
+@pytest.mark.parametrize("cpu", TRIXIE_CLASSES)
+def test_the_boards_cpu_class_is_consistent_in_qemu_cpuinfo_and_name(cpu):
+    board = trixie_board(cpu)
+    name, part = TRIXIE_CLASSES[cpu]
+    cpuinfo = (board / "proc" / "cpuinfo").read_text()
+    blocks = [b for b in cpuinfo.split("\n\n") if b.strip()]
+    assert len(blocks) == 2 and all(f"CPU part\t: {part}" in b for b in blocks)
+    assert f"model name\t: {name} (emulated: qemu-aarch64-static -cpu {cpu})" in blocks[0]
+    assert f"-cpu {cpu} " in (board / "bin" / "python").read_text()
+    features = set(blocks[0].split("Features\t: ")[1].splitlines()[0].split())
+    # What qemu's model of this class reports in AT_HWCAP, read by the board's own Python: the same set.
+    probe = ("import ctypes; g = ctypes.CDLL(None).getauxval; g.restype = ctypes.c_ulong; "
+             "g.argtypes = [ctypes.c_ulong]; print(g(16), g(26))")
+    result = subprocess.run([str(board / "bin" / "python"), "-S", "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    hwcap, hwcap2 = (int(v) for v in result.stdout.split())
+    reported = {n for i, n in enumerate(HWCAP) if hwcap >> i & 1} | {n for i, n in enumerate(HWCAP2) if hwcap2 >> i & 1}
+    assert reported == features
+    newer = {"asimddp", "fphp", "asimdhp"}  # dot product and fp16 arithmetic: XNNPACK's other kernels
+    assert newer <= features if cpu == "cortex-a76" else not newer & features
+
+
+@pytest.fixture(scope="module")
+def every_format_bundle(export_tiny, cached_export, tmp_path_factory):
+    """.pte fp32 and int8 (tests/test_executorch_numpy.py's cached exports), .tflite and .onnx (board_bundle's) of
+    the tiny MobileViT: no export of its own."""
+    from sdk.device.bundles import write_bundle
+
+    paths = [cached_export("mobilevit_xxs", "pte", precision)[0].path for precision in ("fp32", "int8")]
+    paths += [export_tiny("mobilevit_xxs", fmt, "fp32").path for fmt in ("tflite", "onnx")]
+    return write_bundle(paths, tmp_path_factory.mktemp("trixie") / "every.bundle.zip", zip_=True)
+
+
+@pytest.mark.parametrize("cpu", TRIXIE_CLASSES)
+def test_verify_every_runnable_format_on_the_python313_board(cpu, every_format_bundle, sshd, tmp_path, capsys):
+    board = trixie_board(cpu)
+    report = tmp_path / "report"
+    code = main(["verify", str(every_format_bundle), *_ssh(sshd), "--remote-python", str(board / "bin" / "python"),
+                 "--report-dir", str(report), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == EXIT_OK, printed
+    (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
+    machine = doc["machine"]
+    assert machine["machine"] == "aarch64" and machine["python"].startswith("3.13")
+    assert TRIXIE_CLASSES[cpu][0] in machine["cpu"] and doc["emulated"] and cpu in doc["emulated"]
+    by_file = {r["file"]: r for r in doc["artifacts"]}
+    assert sorted(by_file) == ["fp32-model.pte", "int8-model.pte", "model.onnx", "model.tflite"]
+    backends = {file: r["backend"] for file, r in by_file.items()}
+    assert backends == {"fp32-model.pte": "executorch_numpy", "int8-model.pte": "executorch_numpy",
+                        "model.onnx": "onnxruntime", "model.tflite": "ai_edge_litert"}
+    for file, r in by_file.items():
+        assert r["passed"], (file, r["failures"])
+        assert r["latency"]["kind"] == "emulation"
+        print(f"{cpu} board (Python 3.13) vs host, {file}: max abs {r['vs_host']['max_abs_err']:.3g}")
+        if file != "int8-model.pte":
+            assert r["vs_host"]["max_abs_err"] <= 1e-5  # fp32: ARM kernels, the same numbers to rounding
+    int8 = by_file["int8-model.pte"]
+    assert int8["vs_host"]["max_abs_err"] <= int8["tolerance"]["atol"] and int8["vs_host"]["top1_agreement"] == 1.0

@@ -1,6 +1,7 @@
 """ExecuTorch `.pte` programs through ExecuTorch's Python runtime (`executorch.runtime`).
 
-ExecuTorch's Python binding exchanges torch tensors, so this backend imports torch, lazily, on load.
+ExecuTorch's Python binding exchanges torch tensors, so this backend imports torch, lazily, on load. Where
+executorch-numpy-runtime is installed, `backends.executorch_numpy` runs `.pte` without torch and comes first.
 Input/output names are not part of a `.pte`; Pocketformer embeds them as a constant method
 (`pocketformer_meta`, UTF-8 JSON as a uint8 tensor) and falls back to `input_0...` for foreign programs.
 
@@ -15,8 +16,9 @@ session's `num_threads` cannot be private to it. The rule (`THREADPOOL`): a sess
 pins the pool at N while it is open; loading another `.pte` with a different `num_threads` while such a session
 is open raises `UsageError` naming the count in force and the sessions holding it (load with the same count, or
 with `num_threads=None` to use whatever is in force, or `close()` the others first). Sessions loaded with
-`num_threads=None` pin nothing and run on the pool as it is. A reset waits until no ExecuTorch method is
-executing (and holds new executions back meanwhile), so it never changes the pool under a running call.
+`num_threads=None` pin nothing and run on the pool as it is, but they too keep the pool from being reset: a
+program loaded before a reset hung in its next run after one (XNNPACK keeps the pool it was loaded with; seen in
+CI on 2026-12-06, a run blocked for good in `Method.execute`), so a reset happens only with no other session open.
 Within a session, `Session.run` is serialised by the session's lock (a Method has one memory plan and is not
 re-entrant); separate sessions run in parallel.
 """
@@ -54,6 +56,11 @@ SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 
                 7: np.float64, 11: np.bool_}
 
 
+def decode_meta(raw) -> dict:
+    """The `pocketformer_meta` method's output (UTF-8 JSON in a uint8 tensor, as numpy) as a dict."""
+    return json.loads(bytes(np.asarray(raw).astype(np.uint8).tolist()).decode("utf-8"))
+
+
 def is_pte(path: Path) -> bool:
     # A .pte is a flatbuffer whose file identifier (bytes 4..8) is "ET" + a two-digit schema version.
     if not path.is_file():
@@ -74,6 +81,11 @@ class ThreadPoolGuard:
         self._running = 0
         self._resetting = False
         self._pinned: "weakref.WeakKeyDictionary[ExecuTorchSession, int]" = weakref.WeakKeyDictionary()
+        self._open: "weakref.WeakSet[ExecuTorchSession]" = weakref.WeakSet()
+
+    def opened(self, session: "ExecuTorchSession") -> None:
+        with self._cond:
+            self._open.add(session)
 
     def pinned(self) -> dict[str, int]:
         """{session path: thread count} of the open sessions that pinned the pool."""
@@ -92,7 +104,15 @@ class ThreadPoolGuard:
                     f"({', '.join(f'{p} ({n})' for p, n in others.items())}); changing it would change theirs. "
                     f"Load with num_threads={next(iter(others.values()))} or num_threads=None, or close() those "
                     f"sessions first")
-            if int(portable_lib._threadpool_get_thread_count()) != threads:
+            current = int(portable_lib._threadpool_get_thread_count())
+            loaded = [s.path for s in list(self._open) if s is not session]
+            if current != threads and loaded:
+                raise UsageError(
+                    f"cannot load {session.path} with num_threads={threads}: ExecuTorch has one CPU thread pool per "
+                    f"process, now {current} thread(s), and {len(loaded)} open session(s) run on it "
+                    f"({', '.join(loaded[:3])}); a program loaded before a reset hangs after it. Load with "
+                    f"num_threads={current} or num_threads=None, or close() those sessions first")
+            if current != threads:
                 self._resetting = True
                 try:
                     while self._running:
@@ -106,6 +126,7 @@ class ThreadPoolGuard:
     def release(self, session: "ExecuTorchSession") -> None:
         with self._cond:
             self._pinned.pop(session, None)
+            self._open.discard(session)
 
     def running(self):
         guard = self
@@ -152,6 +173,7 @@ class ExecuTorchSession(Session):
                 raise UsageError(f"num_threads must be >= 1, got {num_threads}")
             # Process-wide: ExecuTorch has one CPU threadpool shared by all programs (see THREADPOOL).
             THREADPOOL.claim(self, int(num_threads), portable_lib)
+        THREADPOOL.opened(self)
         self._portable_lib = portable_lib
         size = Path(path).stat().st_size
         try:
@@ -186,8 +208,7 @@ class ExecuTorchSession(Session):
         if META_METHOD not in program.method_names:
             return {}
         try:
-            raw = program.load_method(META_METHOD).execute([])[0]
-            return json.loads(bytes(raw.numpy().astype(np.uint8).tolist()).decode("utf-8"))
+            return decode_meta(program.load_method(META_METHOD).execute([])[0].numpy())
         except Exception:
             return {}
 
@@ -222,20 +243,14 @@ class ExecuTorchSession(Session):
     def memory_plan(self) -> dict[str, Any]:
         """The method's memory-planned buffers (ExecuTorch plans every non-constant tensor into them at export:
         `ExecutionPlan.non_const_buffer_sizes`), and the program's constant data. Delegates allocate their own
-        workspace on top (XNNPACK packs its weights at load), which the peak RSS includes and this does not."""
-        try:
-            from executorch.exir._serialize._program import deserialize_pte_binary
+        workspace on top (XNNPACK packs its weights at load), which the peak RSS includes and this does not.
+        Read by `pte_program` (pure Python), so the numpy runtime's backend reports the same figures."""
+        from device_runtime.backends.pte_program import memory_plan
 
-            program = deserialize_pte_binary(Path(self.path).read_bytes())
-            program = getattr(program, "program", program)
-            plan = next(p for p in program.execution_plan if p.name == self._method_name)
-            planned = int(sum(plan.non_const_buffer_sizes))
-        except Exception as exc:  # an older or foreign program layout: say so rather than guess
-            return {**super().memory_plan(), "note": f"could not read the memory plan: {type(exc).__name__}: {exc}"}
-        return {"planned_bytes": planned, "constant_bytes": Path(self.path).stat().st_size,  # weights: ~ the file
-                "source": f"ExecutionPlan.non_const_buffer_sizes of method {self._method_name!r}",
-                "buffers": [int(b) for b in plan.non_const_buffer_sizes],
-                "note": "delegate (XNNPACK) workspace and packed weights are allocated at load, on top of this"}
+        try:
+            return memory_plan(self.path, self._method_name)
+        except CorruptArtifactError as exc:  # a foreign program layout: say so rather than guess
+            return {**super().memory_plan(), "note": f"could not read the memory plan: {exc}"}
 
     # -- profiling -------------------------------------------------------------------------------
     def profile(self, feed: Mapping[str, Any] | Sequence[Any] | None = None, runs: int = 10,
@@ -405,5 +420,7 @@ def build_etdump_profile(events: list[dict[str, Any]], warmup: int, delegates: d
 
 
 register_format(Format("pte", (".pte",), is_pte, "ExecuTorch program"))
+# Precedence 1: where executorch-numpy-runtime is installed (backends.executorch_numpy, precedence 0) it runs
+# `.pte` without torch; this binding runs them otherwise, or when named.
 register_backend(Backend("pte", "executorch", ExecuTorchSession, requires_module(
-    "executorch", "the executorch package is not installed (pip install 'pocketformer[pte]')")))
+    "executorch", "the executorch package is not installed (pip install 'pocketformer[pte]')"), precedence=1))

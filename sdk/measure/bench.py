@@ -119,7 +119,7 @@ def format_table(document: dict[str, Any]) -> str:
     lines = [f"{document.get('device', 'local')}: {document.get('runs')} interleaved runs after "
              f"{document.get('warmup')} warm-up, threads={document.get('threads') or 'default'}"
              + (f", runner {document['runner']}" if document.get("runner") else "")]
-    header = (f"  {'artifact':<44}{'backend':<16}{'load ms':>9}{'first ms':>10}{'p50 ms':>9}{'p90 ms':>9}"
+    header = (f"  {'artifact':<44}{'backend':<18}{'load ms':>9}{'first ms':>10}{'p50 ms':>9}{'p90 ms':>9}"
               f"{'mean ms':>9}{'peak MB':>9}{'plan MB':>9}{'x first':>8}")
     lines += [header, "  " + "-" * (len(header) - 2)]
 
@@ -128,7 +128,7 @@ def format_table(document: dict[str, Any]) -> str:
 
     for r in results:
         lat = r.get("latency") or {}
-        lines.append(f"  {str(r.get('name'))[:43]:<44}{str(r.get('backend'))[:15]:<16}"
+        lines.append(f"  {str(r.get('name'))[:43]:<44}{str(r.get('backend'))[:17]:<18}"
                      f"{f(r.get('load_time_ms'), '9.1f')}{f(r.get('first_run_ms'), '10.2f')}"
                      f"{f(lat.get('p50'), '9.3f')}{f(lat.get('p90'), '9.3f')}{f(lat.get('mean'), '9.3f')}"
                      f"{f(r.get('peak_rss_mb'), '9.1f')}{f(_planned_mb(r), '9.2f')}{f(r.get('ratio_vs_first'), '8.2f')}")
