@@ -128,6 +128,9 @@ def read_program(path: str | Path) -> ProgramSummary:
             operators.append(f"{base}.{overload}" if overload else base)
         delegates = [r.string(d, DELEGATE_ID) for d in r.tables(plan, PLAN_DELEGATES)]
         summary.methods[name] = MethodSummary(name, operators, delegates, r.int64s(plan, PLAN_BUFFER_SIZES))
+    if not summary.methods:  # what an export never writes: a damaged or foreign file, not a missing method
+        raise CorruptArtifactError(f"{path} ({file_size} bytes) is not a loadable ExecuTorch program: it holds no "
+                                   f"method (no execution plan)")
     return summary
 
 
