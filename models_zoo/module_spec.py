@@ -197,7 +197,7 @@ def spec_from_module(module, *, inputs: Sequence[InputSpec | Mapping[str, Any]] 
             raise UsageError(f"{len(labels)} labels for {class_path}, whose output has {shape[1]} classes "
                              f"(output {names[0]!r} is {list(shape)}): give one label per class")
 
-    token_inputs = any(np.dtype(s.dtype).kind in "iub" for s in specs)
+    token_inputs = any(np.dtype(s.dtype).kind in "iu" for s in specs)
     defaults = BERT_TOLERANCES if token_inputs else VISION_TOLERANCES
     chosen = {**defaults, **_tolerances(tolerances)}
     scheme = int8_scheme or ("dynamic" if token_inputs else "static")
