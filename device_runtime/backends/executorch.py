@@ -61,6 +61,14 @@ def decode_meta(raw) -> dict:
     return json.loads(bytes(np.asarray(raw).astype(np.uint8).tolist()).decode("utf-8"))
 
 
+def bucket_fields(meta: dict) -> tuple[dict[int, str], str]:
+    """A program's buckets ({size: method}) and their axis, from its embedded metadata: the axis as recorded (a
+    batch program), else from the methods' names (seq16: a multi-length program)."""
+    buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
+    axis, _ = buckets_from_entry_points(list(buckets.values()))
+    return buckets, meta.get(META_BUCKET_AXIS) or (axis.name if axis else "sequence")
+
+
 def is_pte(path: Path) -> bool:
     # A .pte is a flatbuffer whose file identifier (bytes 4..8) is "ET" + a two-digit schema version.
     if not path.is_file():
@@ -198,10 +206,7 @@ class ExecuTorchSession(Session):
                                          meta.get(META_VALUE_RANGES) or {})
         self._outputs = [self._info(n, mm.output_tensor_meta(i)) for i, n in enumerate(out_names)]
         self.entry_point = method
-        self.buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
-        # Which axis: recorded (a batch program), else from the methods' names (seq16: a multi-length program).
-        axis, _ = buckets_from_entry_points(list(self.buckets.values()))
-        self.bucket_axis = meta.get(META_BUCKET_AXIS) or (axis.name if axis else "sequence")
+        self.buckets, self.bucket_axis = bucket_fields(meta)
 
     @staticmethod
     def _embedded_meta(program) -> dict:

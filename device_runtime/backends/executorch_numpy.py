@@ -41,10 +41,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from device_runtime.backends.executorch import META_BUCKET_AXIS, META_BUCKETS, META_INPUTS, META_METHOD, \
-    META_OUTPUTS, META_VALUE_RANGES, SCALAR_TYPES, decode_meta
+from device_runtime.backends.executorch import META_INPUTS, META_METHOD, META_OUTPUTS, META_VALUE_RANGES, \
+    SCALAR_TYPES, bucket_fields, decode_meta
 from device_runtime.backends.pte_program import incompatibilities, memory_plan, read_program
-from device_runtime.buckets import buckets_from_entry_points
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, IncompatibleProgramError, UsageError
 from device_runtime.profile import PROFILER_GAPS
 from device_runtime.registry import Backend, module_present, register_backend
@@ -172,9 +171,7 @@ class NumpyExecuTorchSession(Session):
                                          meta.get(META_VALUE_RANGES) or {})
         self._outputs = [self._info(n, m) for n, m in zip(out_names, out_meta)]
         self.entry_point = method
-        self.buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
-        axis, _ = buckets_from_entry_points(list(self.buckets.values()))
-        self.bucket_axis = meta.get(META_BUCKET_AXIS) or (axis.name if axis else "sequence")
+        self.buckets, self.bucket_axis = bucket_fields(meta)
 
     @staticmethod
     def _embedded_meta(program) -> dict:
