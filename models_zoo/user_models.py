@@ -175,13 +175,13 @@ def _timm_folder(path: Path, raw: dict) -> ModelSpec:
 
 def checkpoint_head_size(weights: str | Path) -> int | None:
     """The class count of a checkpoint's classification head (its weight's rows), or None when it has none."""
-    from models_zoo.weights import read_state_dict
+    from models_zoo.weights import checkpoint_shapes
 
-    state = read_state_dict(weights)
+    shapes = checkpoint_shapes(weights)
     for key in HEAD_KEYS:
-        found = [k for k in state if k == key or k.endswith("." + key)]
-        if found and getattr(state[found[0]], "ndim", 0) == 2:
-            return int(state[found[0]].shape[0])
+        found = [k for k in shapes if k == key or k.endswith("." + key)]
+        if found and len(shapes[found[0]]) == 2:
+            return int(shapes[found[0]][0])
     return None
 
 

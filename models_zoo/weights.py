@@ -13,9 +13,8 @@ FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
 
-def read_state_dict(path: str | Path) -> dict:
-    import torch
-
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file itself: `path`, or the first of FOLDER_FILES in a folder."""
     path = Path(path)
     if path.is_dir():
         found = [path / f for f in FOLDER_FILES if (path / f).exists()]
@@ -24,6 +23,28 @@ def read_state_dict(path: str | Path) -> dict:
         path = found[0]
     if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
+    return path
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a checkpoint. A safetensors file is read from its header alone (no tensor is loaded: the
+    head-size check runs before the build, which then reads the weights once); other formats are loaded."""
+    path = checkpoint_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # a damaged header: read_state_dict says what is wrong
+            raise WeightsError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def read_state_dict(path: str | Path) -> dict:
+    import torch
+
+    path = checkpoint_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
