@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from device_runtime.cpu import host_fields, read_cpuinfo
 from device_runtime.errors import UsageError
 
 SCHEMA = "pocketformer.bench/1"
@@ -72,17 +73,11 @@ def reset_peak_rss() -> bool:
 
 # -- the host or device this runs on ----------------------------------------------------------------------
 def host_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            match = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.MULTILINE)
-        if match:
-            cpu = match.group(1).strip()
-    except OSError:
-        pass
+    """The machine a document's figures were measured on: `cpu` (the model name) and `cpu_info` (model, vendor,
+    topology, the kernels' ISA features, VM or emulator: `device_runtime.cpu`) from its own /proc/cpuinfo."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"hostname": platform.node(), "platform": platform.platform(), "machine": platform.machine(),
-            "python": sys.version.split()[0], "cpu": cpu, "cpus_usable": cores,
+            "python": sys.version.split()[0], **host_fields(read_cpuinfo()), "cpus_usable": cores,
             "numpy": np.__version__}
 
 

@@ -42,6 +42,13 @@ def test_bench_two_formats_interleaved(artifacts):
     assert doc["latency"] == pte["latency"]  # single-artifact scripts keep reading the top-level keys
     table = format_table(doc)
     assert "model.onnx" in table and "x first" in table
+    # The CPU that measured it, read from this machine's /proc/cpuinfo: model, topology and the kernels' flags.
+    from device_runtime.cpu import read_cpuinfo
+
+    cpu, here = doc["host"]["cpu_info"], read_cpuinfo()
+    assert cpu["model"] == doc["host"]["cpu"] == here.model and set(cpu["flags"]) == here.flags
+    assert cpu["features"] == list(here.features) and cpu["cpus"] >= 1
+    assert f"machine: {here.model} (" in table
 
 
 class _Fake(Session):
@@ -107,6 +114,29 @@ def test_cli_bench_several_artifacts(artifacts, tmp_path, capsys):
     assert "model.pte" in printed and "model.onnx" in printed and "ratios: p50" in printed
     doc = json.loads(out.read_text())
     assert [r["format"] for r in doc["results"]] == ["pte", "onnx"] and doc["baseline"].endswith("model.pte")
+    assert doc["host"]["cpu_info"]["flags"] and f"machine: {doc['host']['cpu']}" in printed
+
+
+def test_a_devices_document_says_what_its_cpu_is(monkeypatch):
+    """On a device, bench_main's document takes its `host` from the device's own /proc/cpuinfo: here the emulated
+    arm64 board's (scripts/arm64_board.sh), which says it is emulated, so its timings are labelled emulation."""
+    from device_runtime import cpu
+    from sdk.measure.analysis import measured_on
+    from sdk.measure.bench import format_table
+    from sdk.report.numerics import label_emulation
+
+    monkeypatch.setattr(cpu, "CPUINFO", str(Path(__file__).parent / "data" / "cpuinfo_arm64_board_cortex_a76_2cpu.txt"))
+    host = measure.host_info()
+    assert host["cpu_info"]["emulated"] == "qemu-aarch64-static -cpu cortex-a76" and "(emulated" in host["cpu"]
+    assert host["cpu_info"]["features"] == ["asimd", "asimddp", "fphp", "asimdhp"]
+    doc = {"device": "ssh://pi@board:22", "host": host, "results": []}
+    assert "machine: Cortex-A76 (emulated: qemu-aarch64-static -cpu cortex-a76) (ARM part 0xd0b)" in format_table(doc)
+    assert label_emulation(doc)["device"] == "ssh://pi@board:22 (emulation)"
+    # The report's line under its latency table: each device's CPU; a document from before the record says so.
+    line = measured_on([{"device": "ssh://pi@board:22 (emulation)", "host": host},
+                        {"device": "local", "host": {"cpu": "AMD EPYC"}}])
+    assert "ssh://pi@board:22 (emulation): Cortex-A76 (emulated" in line and "asimddp" in line
+    assert "local: AMD EPYC (CPU features not recorded)" in line
 
 
 def test_session_run_overhead_is_measured_against_the_runtimes_own_api(artifacts):
@@ -150,6 +180,11 @@ def test_tune_picks_the_fastest_within_the_bound(tmp_path, capsys):
     assert "pick: onnx fp32" in printed
     bench = json.loads((out / "mobilevit_xxs-tiny" / "bench_tune.json").read_text())
     assert any(r.get("reference") for r in bench["results"])
+    # The tune result names the CPU it was measured on, as its bench does.
+    cpu = doc["host"]["cpu_info"]  # ("cpu MHz" may move between two reads on a machine that scales its clock)
+    assert (cpu["model"], cpu["flags"]) == (bench["host"]["cpu_info"]["model"], bench["host"]["cpu_info"]["flags"])
+    assert cpu["flags"] and cpu["cpus"] >= 1
+    assert f"machine: {doc['host']['cpu']}" in printed
 
 
 def test_tune_candidates_come_from_the_registries():

@@ -195,6 +195,7 @@ def test_adb_native_runner_up_to_the_device(fake_adb):
     assert doc["device"] == "adb:R58M123ABC" and result["path"] == str(fake_adb["tflite"])
     assert result["latency"]["p50"] == pytest.approx(899.281) and result["ratio_vs_first"] == 1.0
     assert result["backend"] == "benchmark_model (native)"
+    assert doc["host"]["cpu_info"]["source"] == "adb:R58M123ABC:/proc/cpuinfo"  # the device's CPU, read there
 
 
 def test_adb_profile_through_the_cli(fake_adb, tmp_path, capsys):
@@ -302,7 +303,8 @@ def test_remote_runtime_missing_error_type(sshd, pte):
 
 # -- the device side, without a transport ----------------------------------------------------------------
 def test_device_side_is_torch_free():
-    code = ("import sys, device_runtime.remote.bench_main, device_runtime.remote.transport, device_runtime.measure; "
+    code = ("import sys, device_runtime.remote.bench_main, device_runtime.remote.transport, device_runtime.measure, "
+            "device_runtime.cpu; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
@@ -320,6 +322,7 @@ def test_bench_main_runs_from_the_shipped_zip(export_tiny, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(result.stdout.split(BEGIN, 1)[1].split(END, 1)[0])
     assert doc["host"]["device_runtime"].startswith(str(package))
+    assert doc["host"]["cpu_info"]["flags"]  # the device side reads its own CPU record (device_runtime.cpu)
     assert doc["results"][0]["format"] == "onnx" and doc["results"][0]["latency"]["p50"] > 0
     # A failure on the device comes back as a JSON error with an exit code the host maps.
     bad = subprocess.run([sys.executable, "-m", "device_runtime.remote.bench_main", str(tmp_path / "nope.onnx"),

@@ -83,6 +83,9 @@ def test_markdown_twin(run_dir):
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert len(images) == 4 and all((run_dir / i).read_bytes().startswith(PNG_MAGIC) for i in images)
     assert "| model | format | precision |" in md and "## Pick for mobilevit_xxs-tiny" in md
+    from device_runtime.cpu import read_cpuinfo  # the latency table's machine line: the CPU each bench ran on
+
+    assert f"Measured on: local: {read_cpuinfo().model} (" in md
 
 
 def test_report_of_an_empty_folder_says_so(tmp_path, capsys):

@@ -422,6 +422,7 @@ def zip_package(target: Path) -> None:
 
 def _native(transport: Transport, workdir: str, artifacts, formats, names, runner, runs, warmup, threads,
             profile_runs, timeout, note) -> dict[str, Any]:
+    from device_runtime.cpu import host_fields, parse_cpuinfo
     from device_runtime.remote.parsers import parse_benchmark_model, parse_executor_runner
 
     runner_path = Path(runner)
@@ -472,5 +473,10 @@ def _native(transport: Transport, workdir: str, artifacts, formats, names, runne
                        size_bytes=artifact.stat().st_size)
         figures.setdefault("runs", runs)
         results.append(figures)
+    # A native runner prints no CPU: read the device's own /proc/cpuinfo (absent or unreadable: said in the record).
+    cpuinfo = transport.run("cat /proc/cpuinfo", timeout=60)
+    read = cpuinfo.returncode == 0
+    host = host_fields(parse_cpuinfo(cpuinfo.stdout if read else "",
+                                     f"{transport.label}:/proc/cpuinfo" + ("" if read else " (could not be read)")))
     return {"schema": SCHEMA, "runs": runs, "warmup": warmup, "threads": threads, "runner": runner_path.name,
-            "order": "sequential: one runner invocation per artifact", "results": results}
+            "order": "sequential: one runner invocation per artifact", "host": host, "results": results}

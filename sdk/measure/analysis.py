@@ -10,16 +10,19 @@
   unfused cost: a backend that fuses operators reads and writes less.
 - Arithmetic intensity is FLOPs per byte of MAC. The CPU roofline bounds a run at max(FLOPs / peak compute,
   MAC / memory bandwidth); peak compute is read from /proc/cpuinfo (cores x clock x FLOPs per cycle from the
-  vector ISA), with the per-microarchitecture width of the FMA units stated as an assumption. `measure=True`
-  also times a large fp32 matmul and a memory copy on this machine.
+  vector ISA), with the per-microarchitecture width of the FMA units stated as an assumption; the int8 peak is
+  the fastest int8 engine the CPU lists (AMX tiles, else VNNI or the Arm dot product), and `peak_basis` says
+  which peak is used and why. The CPU is read by `device_runtime.cpu` (the record bench and tune documents
+  carry too). `measure=True` also times a large fp32 matmul and a memory copy on this machine.
 """
 from __future__ import annotations
 
 import os
-import re
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
+from device_runtime.cpu import CpuInfo, describe_host, parse_cpuinfo, read_cpuinfo
 from models_zoo.precision import resolve
 
 # Operators that only reinterpret a tensor (or return a part of it): no bytes move.
@@ -123,9 +126,34 @@ def memory_access_cost(module, args: Sequence, exported=None) -> dict[str, Any]:
 
 
 # -- the CPU's roofline --------------------------------------------------------------------------------
-def _cpu_field(text: str, name: str) -> str | None:
-    m = re.search(rf"^{name}\s*:\s*(.+)$", text, re.MULTILINE)
-    return m.group(1).strip() if m else None
+# AMX's tile unit (TMUL) multiplies 16x64 int8 by 64x16 int8 tiles: 1024 int8 multiply-accumulates per cycle per
+# core on Sapphire/Emerald Rapids (Intel's figure, 8x a core's two 512-bit VNNI units). Only kernels written for
+# the tiles reach it (oneDNN, ONNX Runtime's MLAS, XNNPACK's AMX GEMMs), after the kernel grants the process
+# the tile state; the VNNI peak is given beside it for the others.
+AMX_INT8_MACS_PER_CYCLE = 1024
+
+
+def _int8_peak(info: CpuInfo, datapath: int, units: int) -> tuple[str, int, str]:
+    """(engine, int8 ops per cycle per core, why): the fastest int8 path this CPU lists."""
+    lanes = datapath // 32
+    dot = lanes * 4 * 2 * units  # 4 int8 MACs per 32-bit lane and instruction, 2 ops per MAC
+    if info.amx_int8:
+        return ("AMX-INT8", AMX_INT8_MACS_PER_CYCLE * 2,
+                f"AMX-INT8 present (amx_tile, amx_int8): int8 peak from the AMX tile unit, "
+                f"{AMX_INT8_MACS_PER_CYCLE} int8 MACs per cycle per core; only AMX kernels reach it (oneDNN, "
+                f"ONNX Runtime's MLAS, XNNPACK's AMX GEMMs); others stop at the VNNI peak, {dot} ops/cycle/core")
+    per_lane = f"4 int8 MACs per 32-bit lane and instruction, {dot} ops/cycle/core"
+    if info.has("avx512f", "avx512_vnni"):
+        return "AVX-512 VNNI", dot, f"no AMX: int8 peak from AVX-512 VNNI (vpdpbusd), {per_lane}"
+    if info.has("avx_vnni") or info.has("avx512_vnni"):
+        return "AVX-VNNI", dot, f"no AMX: int8 peak from AVX-VNNI (256-bit vpdpbusd), {per_lane}"
+    if info.has("i8mm"):
+        return ("NEON i8mm", dot * 2, f"int8 peak from i8mm (smmla): 8 int8 MACs per 32-bit lane and instruction, "
+                                      f"twice sdot's, {dot * 2} ops/cycle/core")
+    if info.has("asimddp"):
+        return "NEON dot product", dot, f"int8 peak from the dot product (asimddp, sdot): {per_lane}"
+    return ("no int8 dot product", dot // 2, f"no int8 dot-product instruction (no AMX, VNNI or sdot): 2 MACs per "
+                                             f"32-bit lane, {dot // 2} ops/cycle/core")
 
 
 def cpu_roofline(cpuinfo: str | None = None, threads: int | None = None, measure: bool = False) -> dict[str, Any]:
@@ -133,21 +161,15 @@ def cpu_roofline(cpuinfo: str | None = None, threads: int | None = None, measure
 
     FLOPs per cycle per core = (FMA datapath bits / 32) x 2 (multiply + add) x FMA units. The ISA flags give the
     vector width; the datapath and the number of FMA units are per microarchitecture (AMD Zen 4 runs AVX-512 on
-    two 256-bit pipes), so they are stated in `assumptions`. `measure=True` adds a timed fp32 matmul and copy.
+    two 256-bit pipes), so they are stated in `assumptions`. The int8 peak is the fastest int8 engine listed
+    (AMX tiles, else VNNI / sdot), and `peak_basis` says which peak each precision uses and why. Logical CPUs
+    that are SMT threads of one core share its units: the peak counts cores. `cpu_info` is the CPU's record
+    (`device_runtime.cpu`). `measure=True` adds a timed fp32 matmul and copy.
     """
     this_machine = cpuinfo is None
-    if this_machine:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            cpuinfo = ""
-    flags = set((_cpu_field(cpuinfo, "flags") or _cpu_field(cpuinfo, "Features") or "").split())
-    vendor = _cpu_field(cpuinfo, "vendor_id") or _cpu_field(cpuinfo, "CPU implementer") or "unknown"
-    family = _cpu_field(cpuinfo, "cpu family")
-    model_name = _cpu_field(cpuinfo, "model name") or _cpu_field(cpuinfo, "Hardware") or "unknown"
-    mhz = _cpu_field(cpuinfo, "cpu MHz")
-    ghz = float(mhz) / 1e3 if mhz else None
+    info = read_cpuinfo() if this_machine else parse_cpuinfo(cpuinfo)
+    flags, vendor, family = info.flags, info.vendor, info.family
+    ghz = info.mhz / 1e3 if info.mhz else None
     clock_source = "cpuinfo 'cpu MHz' (as reported; VMs show the nominal clock)"
     if this_machine:
         try:
@@ -158,9 +180,14 @@ def cpu_roofline(cpuinfo: str | None = None, threads: int | None = None, measure
             pass
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     else:
-        usable = len(re.findall(r"^processor\s*:", cpuinfo, re.MULTILINE)) or 1
-    cores = int(threads or usable)
+        usable = info.cpus or 1
+    smt = info.threads_per_core
+    cores = min(int(threads or usable), max(1, usable // smt))
     assumptions = []
+    if smt > 1:
+        assumptions.append(f"the {info.cpus} logical CPUs are {info.cores} core(s) x {smt} SMT threads (cpuinfo "
+                           f"siblings / cpu cores): threads of one core share its FMA units, so the peak counts "
+                           f"{cores} core(s)")
     if "avx512f" in flags:
         isa, isa_bits = "AVX-512", 512
     elif "avx2" in flags or "avx" in flags:
@@ -182,24 +209,35 @@ def cpu_roofline(cpuinfo: str | None = None, threads: int | None = None, measure
     elif vendor == "GenuineIntel" and isa_bits == 512:
         assumptions.append("Intel AVX-512: 2 FMA units of 512 bits (Xeon Gold/Platinum; 1 on some parts)")
     elif isa == "NEON":
-        assumptions.append("Arm NEON: 2 x 128-bit FMA pipes (Cortex-A7x class; X-series cores have 4)")
+        assumptions.append("Arm NEON: 2 x 128-bit FMA pipes (Cortex-A7x class; X-series cores have 4)"
+                           + ("; SVE counted at 128 bits (cpuinfo does not give the vector length)"
+                              if "sve" in flags else ""))
     else:
         assumptions.append(f"{isa}: {datapath}-bit datapath, {units} FMA units")
     flops_per_cycle = (datapath // 32) * (2 if fma else 1) * units
-    vnni = bool({"avx512_vnni", "avx_vnni", "asimddp"} & flags)
-    int8_per_cycle = (datapath // 32) * 8 * units if vnni else (datapath // 32) * 4 * units
-    assumptions.append("int8: 4 multiply-accumulates per 32-bit lane and instruction (VNNI vpdpbusd / Arm sdot)"
-                       if vnni else "int8: no dot-product instruction; 2 MACs per 32-bit lane")
+    engine, int8_per_cycle, int8_why = _int8_peak(info, datapath, units)
+    vnni_per_cycle = _int8_peak(replace(info, flags=flags - {"amx_int8"}), datapath, units)[1]
+    fp32_why = (f"{isa} FMA: {datapath}-bit datapath x {units} units x 2 = {flops_per_cycle} "
+                f"FLOP/cycle/core" + ("; AMX has no fp32 path" if "amx_tile" in flags else ""))
+    half = [f for f in ("avx512_fp16", "amx_bf16", "avx512_bf16", "fphp", "asimdhp", "bf16") if f in flags]
+    if half:  # a kernel computing in fp16/bf16 may run faster than this; the roofline does not assume one does
+        fp32_why += f"; fp16/bf16 arithmetic listed ({' '.join(half)}), fp16 artifacts still bounded with this peak"
+
+    def peak(per_cycle: int) -> float | None:
+        return cores * ghz * per_cycle if ghz else None
+
     out: dict[str, Any] = {
-        "cpu": model_name, "vendor": vendor, "family": family, "isa": isa, "flags_used": sorted(
-            flags & {"avx512f", "avx2", "avx", "fma", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "asimd",
-                     "asimddp", "sve", "sse2"}),
+        "cpu": info.model, "vendor": vendor, "family": family, "isa": isa, "flags_used": sorted(
+            flags & {"avx512f", "avx2", "avx", "fma", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+                     "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "sse2"}),
         "cores": cores, "usable_cpus": usable, "ghz": ghz, "clock_source": clock_source,
         "fp32_flops_per_cycle_per_core": flops_per_cycle, "int8_ops_per_cycle_per_core": int8_per_cycle,
-        "peak_fp32_gflops": cores * ghz * flops_per_cycle if ghz else None,
-        "peak_int8_gops": cores * ghz * int8_per_cycle if ghz else None,
-        "assumptions": assumptions, "bandwidth_gbs": None,
+        "peak_fp32_gflops": peak(flops_per_cycle), "peak_int8_gops": peak(int8_per_cycle), "int8_engine": engine,
+        "peak_basis": {"fp32": fp32_why, "int8": int8_why}, "assumptions": assumptions, "bandwidth_gbs": None,
+        "cpu_info": info.to_dict(),
     }
+    if engine == "AMX-INT8":
+        out["peak_int8_vnni_gops"] = peak(vnni_per_cycle)
     if measure:
         out.update(measure_cpu(cores))
     return out
@@ -285,11 +323,20 @@ def roofline_bound(flops: float, mac_bytes: float, roofline: dict[str, Any], pre
 
 def format_analysis(rows: list[dict[str, Any]], roofline: dict[str, Any]) -> str:
     peak = roofline.get("peak_fp32_gflops")
-    lines = [f"CPU: {roofline['cpu']} ({roofline['isa']}), {roofline['cores']} core(s) at "
-             f"{roofline['ghz'] or 0:.2f} GHz: peak fp32 {peak or 0:.0f} GFLOP/s, int8 "
-             f"{roofline.get('peak_int8_gops') or 0:.0f} GOP/s"
+    clock = (f"at {roofline['ghz']:.2f} GHz: peak fp32 {peak or 0:.0f} GFLOP/s, int8 "
+             f"{roofline.get('peak_int8_gops') or 0:.0f} GOP/s" if roofline.get("ghz") else
+             "(no clock in its cpuinfo: no peak fp32 or int8 figure)")
+    lines = [f"CPU: {roofline['cpu']} ({roofline['isa']}), {roofline['cores']} core(s) {clock}"
              + (f"; measured matmul {roofline['measured_fp32_matmul_gflops']:.0f} GFLOP/s, copy "
                 f"{roofline['bandwidth_gbs']:.1f} GB/s" if roofline.get("measured_fp32_matmul_gflops") else "")]
+    if roofline.get("cpu_info"):  # what the CPU has (AMX included), and which peak each precision uses and why
+        lines.append(f"  machine: {CpuInfo.from_dict(roofline['cpu_info']).summary()}")
+    basis = roofline.get("peak_basis") or {}
+    if basis:
+        vnni = roofline.get("peak_int8_vnni_gops")
+        lines += [f"  fp32 peak: {basis['fp32']}",
+                  f"  int8 peak ({roofline.get('int8_engine')}): {basis['int8']}"
+                  + (f" ({vnni:.0f} GOP/s here)" if vnni else "")]
     lines += [f"  assumption: {a}" for a in roofline.get("assumptions", [])]
     header = (f"  {'model':<28}{'params M':>10}{'GFLOP':>9}{'MAC MB':>9}{'FLOP/B':>8}{'compute ms':>12}"
               f"{'roofline ms':>13}  bound")
@@ -301,3 +348,13 @@ def format_analysis(rows: list[dict[str, Any]], roofline: dict[str, Any]) -> str
         if r.get("fused_attention_calls"):
             lines.append(f"    ! {r['fused_attention_calls']} fused attention call(s) not counted in FLOPs")
     return "\n".join(lines)
+
+
+def measured_on(rows: list[dict[str, Any]]) -> str:
+    """The machine line under a latency table: each device's CPU (model, VM or emulator, kernel features) from
+    the `host` of the bench documents its rows came from; figures from different CPUs do not compare."""
+    machines: dict[str, set[str]] = {}
+    for r in rows:
+        machines.setdefault(str(r.get("device", "local")), set()).add(describe_host(r.get("host")))
+    return "Measured on: " + "; ".join(f"{device}: {' | '.join(sorted(cpus))}"
+                                       for device, cpus in sorted(machines.items())) if machines else ""

@@ -8,7 +8,9 @@ The measuring itself is `device_runtime.isolated.benchmark_isolated` here (each 
 its own, the rounds interleaved across them) and `device_runtime.measure.benchmark_artifacts` on a device
 (through `device_runtime.remote`); both time the same raw runtime call and return the same document. This module adds what only the
 host knows: each artifact's real sample feed (from the report.json beside it), the model, precision and parity
-figures of each artifact, the text table, and the Session.run overhead measurement.
+figures of each artifact, the text table, and the Session.run overhead measurement. Every document's `host`
+carries the measuring machine's CPU record (`host.cpu_info`: model, vendor, topology, ISA features such as
+AMX or VNNI, VM or emulator; `device_runtime.cpu`), read from that machine's own /proc/cpuinfo.
 """
 from __future__ import annotations
 
@@ -113,12 +115,16 @@ def _planned_mb(result: dict[str, Any]) -> float | None:
 
 
 def format_table(document: dict[str, Any]) -> str:
-    """The human-readable result: one line per artifact, ratios against the first."""
+    """The human-readable result: the machine (CPU model and features), one line per artifact, ratios against
+    the first."""
+    from device_runtime.cpu import describe_host
+
     results = document.get("results", [])
     basis = document.get("ratio_basis", "p50")
     lines = [f"{document.get('device', 'local')}: {document.get('runs')} interleaved runs after "
              f"{document.get('warmup')} warm-up, threads={document.get('threads') or 'default'}"
-             + (f", runner {document['runner']}" if document.get("runner") else "")]
+             + (f", runner {document['runner']}" if document.get("runner") else ""),
+             f"  machine: {describe_host(document.get('host'))}"]  # figures compare only within one CPU
     header = (f"  {'artifact':<44}{'backend':<18}{'load ms':>9}{'first ms':>10}{'p50 ms':>9}{'p90 ms':>9}"
               f"{'mean ms':>9}{'peak MB':>9}{'plan MB':>9}{'x first':>8}")
     lines += [header, "  " + "-" * (len(header) - 2)]

@@ -85,7 +85,7 @@ def collect(root: Path) -> dict[str, Any]:
                 else:
                     key = (str(Path(r["path"]).resolve()), doc.get("device", "local"))
                 row = {**r, "device": doc.get("device", "local"), "created": doc.get("created", ""),
-                       "bench_file": str(path), "threads": doc.get("threads")}
+                       "bench_file": str(path), "threads": doc.get("threads"), "host": doc.get("host")}
                 if key not in latency or row["created"] >= latency[key]["created"]:
                     latency[key] = row
         elif "candidates" in doc and "pick" in doc and "model" in doc:
@@ -367,7 +367,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def build_report(root: Path, html_path: Path | None = None, markdown_path: Path | None = None,
                  profile: bool = True, analysis: bool = True) -> dict[str, Path]:
     """Write the HTML page and its Markdown twin; returns their paths."""
-    from sdk.measure.analysis import cpu_roofline
+    from sdk.measure.analysis import cpu_roofline, measured_on  # the machine line: each bench's CPU and features
 
     root = Path(root)
     data = collect(root)
@@ -423,8 +423,8 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
     for t in _tune_sections(data["tunes"], html_path) + sweep_sections(root) + zoo_sections(root):
         parts.append(t["html"])
         md.append(t["md"])
-    parts += ["<h2>Latency</h2>", _html_table(*tabs["latency"])]
-    md += ["## Latency", "", _md_table(*tabs["latency"]), ""]
+    parts += ["<h2>Latency</h2>", _html_table(*tabs["latency"]), f"<p class='note'>{html.escape(measured_on(data['latency']))}</p>"]
+    md += ["## Latency", "", _md_table(*tabs["latency"]), "", measured_on(data["latency"]), ""]
     files_dir = markdown_path.parent / f"{markdown_path.stem}_files"
     for key, title, png, note in images:
         parts.append(f"<h2>{html.escape(title)}</h2>")
