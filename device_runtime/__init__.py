@@ -26,6 +26,7 @@ from device_runtime.buckets import BucketedSession, SequenceTooLongError
 from device_runtime.packing import PackedRunner, packed_batch_runner
 from device_runtime.batching import Batcher, QueueFullError, session_batch_runner
 from device_runtime.pool import SessionPool
+from device_runtime.pipeline import PipelineError, PipelineSession, is_pipeline, open_pipeline
 
 for _module in pkgutil.iter_modules(_backends_pkg.__path__):
     importlib.import_module(f"{_backends_pkg.__name__}.{_module.name}")
@@ -47,7 +48,13 @@ def load(path: str | os.PathLike, backend: str | None = None, num_threads: int |
     request to the smallest length it holds (`session.lengths`); a longer one raises `SequenceTooLongError`
     unless `truncate=True`. Batch buckets (`--batch-sizes`, .pte/.tflite) open as a `BucketedSession` over the
     batch axis (`session.batch_sizes`): fewer rows are padded to the smallest bucket that fits, more run in chunks
-    of the largest. Naming an entry point (`method=` for .pte, `signature=` for .tflite) opens just that one."""
+    of the largest. Naming an entry point (`method=` for .pte, `signature=` for .tflite) opens just that one.
+
+    Pipelines: a folder with a `pipeline.json` (or a bundle holding one) opens as a `PipelineSession` running its
+    artifacts and glue steps in order (`device_runtime.pipeline`; `backend` then maps stage names to backends)."""
+    if is_pipeline(path):
+        return open_pipeline(path, load, backend=backend, num_threads=num_threads, adapt_io=adapt_io,
+                             allow_non_finite=allow_non_finite, **options)
     fmt = sniff_format(path)
     chosen = choose_backend(fmt, backend)
     start = time.perf_counter()
@@ -100,4 +107,4 @@ __all__ = ["load", "list_backends", "sniff_format", "FORMATS", "Session", "Tenso
            "ExecutionError", "IncompatibleProgramError", "InputError", "MissingInputError", "NonFiniteInputError",
            "ShapeError", "UnexpectedInputError", "UnknownFormatError", "ValueRangeError"]
 __all__ += ["SessionPool", "Batcher", "QueueFullError", "session_batch_runner", "BucketedSession", "SequenceTooLongError",
-            "PackedRunner", "packed_batch_runner"]
+            "PackedRunner", "packed_batch_runner", "PipelineSession", "PipelineError"]
