@@ -10,6 +10,7 @@ are both exported at the same precision, verified, benchmarked and scored as art
     pocketformer compress minilm_l6_h384 --method prune --heads 0.25 --ffn 0.25 --out out/minilm-pruned
     pocketformer compress minilm_l6_h384 --method prune --sparsity 0.5 --out out/minilm-sparse
     pocketformer compress minilm_l6_h384 --method binarize --layers ffn --out out/minilm-bin
+    pocketformer compress minivlm --tiny --method distill-vlm --out out/minivlm-distilled
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from device_runtime.errors import UsageError
 
-METHODS = ("qat", "distill", "prune", "binarize")
-DEFAULT_STEPS = {"qat": 100, "distill": 300, "prune": 100, "binarize": 200}
+METHODS = ("qat", "distill", "prune", "binarize", "distill-vlm")
+DEFAULT_STEPS = {"qat": 100, "distill": 300, "prune": 100, "binarize": 200, "distill-vlm": 150}
 # QAT and binarized weights are exactly representable at int8; the others export at the model's default.
 DEFAULT_EXPORT_PRECISION = {"qat": "int8", "binarize": "int8"}
 
@@ -35,7 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the model's weights (default: the spec's own: real weights for "
                                      "minilm_l6_h384, seeded random otherwise)")
     p.add_argument("--tiny", action="store_true", help="the tiny variant (mechanics only)")
-    p.add_argument("--data", help="a text file, one sentence a line (default: the Python standard library's docstrings)")
+    p.add_argument("--data", help="a text file, one sentence a line (default: the Python standard library's "
+                                  "docstrings); for distill-vlm a TSV of image, split, question, answer "
+                                  "(default tests/data/vl_questions.tsv)")
     train = p.add_argument_group("training (self-distillation against the float model)")
     train.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
     train.add_argument("--batch-size", type=int, default=16)
@@ -60,6 +63,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     prune.add_argument("--heads", type=float, help="structured: fraction of attention heads to remove")
     prune.add_argument("--ffn", type=float, help="structured: fraction of FFN channels to remove")
     prune.add_argument("--rounds", type=int, default=1, help="structured: prune in this many rounds")
+    vlm = p.add_argument_group("distill-vlm (DistilVLM: a larger fusion transformer into MiniVLM's fusion stage)")
+    vlm.add_argument("--teacher", default="random", help="'random' (a larger random-init fusion transformer: no "
+                     "trained VL checkpoint exists offline) or a file written by distill_vlm.save_teacher")
+    vlm.add_argument("--temperature", type=float, default=1.0, help="soft cross-entropy temperature on the VQA logits")
+    vlm.add_argument("--baseline", action="store_true", help="also train the same student on the teacher's hard "
+                     "labels alone and report its agreement")
     binar = p.add_argument_group("binarize")
     binar.add_argument("--layers", choices=("all", "ffn", "attention"), default="all",
                        help="which encoder Linear layers get 1-bit weights")
@@ -77,12 +86,19 @@ def run_method(args):
     from sdk.compress.core import TrainConfig
 
     method = args.method
-    default_lr = {"qat": 1e-5, "distill": 1e-4, "binarize": 1e-4}.get(method, 5e-5)
+    default_lr = {"qat": 1e-5, "distill": 1e-4, "binarize": 1e-4, "distill-vlm": 5e-3}.get(method, 5e-5)
     config = TrainConfig(steps=args.steps if args.steps is not None else DEFAULT_STEPS[method],
                          batch_size=args.batch_size, lr=args.lr or default_lr, max_len=args.max_len,
                          seed=args.seed, threads=args.threads)
     common = dict(weights=args.weights, tiny=args.tiny, data=args.data, eval_sentences=args.eval_sentences,
                   config=config, verbose=not args.quiet)
+    if method == "distill-vlm":
+        from sdk.compress.distill_vlm import distill_vlm
+
+        config.log_every = 1  # the report keeps the losses of every step
+        return distill_vlm(args.model, teacher=args.teacher, data=args.data, tiny=args.tiny, config=config,
+                           temperature=args.temperature, baseline=args.baseline, seed=args.seed,
+                           verbose=not args.quiet)
     if method == "qat":
         from sdk.compress.quant import qat
 
@@ -122,6 +138,9 @@ def cmd_compress(args) -> int:
     from sdk.compress.report import summary_lines, write_markdown
     from device_runtime.atomic import write_json as write_json_atomic
 
+    if args.method == "distill-vlm" and args.export:
+        raise UsageError("--export is not available for distill-vlm: the student is MiniVLM's fusion stage, "
+                         "exported with the MiniVLM pipeline")
     result = run_method(args)
     out = result.save(args.out)
     if args.export:
@@ -138,8 +157,11 @@ def cmd_compress(args) -> int:
     write_markdown(result.report, out / "compress_report.md")
     for line in summary_lines(result.report):
         print(line)
-    print(f"checkpoint: {out / 'model.safetensors'}  (pocketformer export {result.spec.name.removesuffix('-tiny')}"
-          f"{' --tiny' if result.spec.is_tiny else ''} --weights {out} --to pte)")
+    if args.method == "distill-vlm":
+        print(f"student fusion stage: {out / 'model.safetensors'}  (sdk.compress.distill_vlm.load_student)")
+    else:
+        print(f"checkpoint: {out / 'model.safetensors'}  (pocketformer export {result.spec.name.removesuffix('-tiny')}"
+              f"{' --tiny' if result.spec.is_tiny else ''} --weights {out} --to pte)")
     print(f"report: {out / 'compress_report.md'}")
     return 0
 
