@@ -170,3 +170,44 @@ def test_folders_nobody_maps_or_that_do_not_fit_are_refused(folders, tmp_path):
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 2 and "GPT2LMHeadModel is not supported" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+BOARD = ROOT / ".cache" / "arm64-board"  # tests/test_arm64_board.py's Debian 12 board (scripts/arm64_board.sh)
+
+
+def test_a_users_folder_verifies_on_the_emulated_arm64_board_with_its_own_labels(folders, sshd, tmp_path, capsys):
+    """The user's 3-label DistilBERT folder: exported, bundled, verified over SSH on the emulated Cortex-A72 board
+    against the host, class for class, and `run` names those classes with the folder's own labels. One format,
+    .tflite (the board's other runtimes are tests/test_arm64_board.py's; each Python started under qemu costs
+    seconds): what is the user's own here is the folder's labels, tokenizer and head, not the runtime."""
+    if shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("qemu-aarch64-static is not installed (Debian: apt-get install qemu-user-static; .ci/run does)")
+    if not (BOARD / "READY").is_file():
+        pytest.skip(f"no emulated arm64 board at {BOARD}: build it with scripts/arm64_board.sh (.ci/run does)")
+    python = BOARD / "bin" / "python"
+    out, bundle = tmp_path / "out", tmp_path / "sentiment.bundle.zip"
+    assert main(["export", str(folders / "sentiment-3"), "--to", "tflite", "--out", str(out), "--bundle",
+                 str(bundle), "--quiet"]) == EXIT_OK
+    report = tmp_path / "report"
+    code = main(["verify", str(bundle), "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", "--ssh-key",
+                 sshd["key"], "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}", "--ssh-option",
+                 "StrictHostKeyChecking=yes", "--remote-python", str(python), "--report-dir", str(report), "--quiet"])
+    assert code == EXIT_OK, capsys.readouterr().out
+    (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
+    assert doc["machine"]["machine"] == "aarch64" and doc["emulated"] and doc["model"] == "sentiment_3"
+    (result,) = doc["artifacts"]
+    assert result["file"] == "model.tflite" and result["backend"] == "ai_edge_litert"
+    assert result["passed"] and result["vs_host"]["max_abs_err"] <= 1e-5, result  # fp32: ARM kernels, same numbers
+    # The board's top class is the host's on every sample; the bundle carries the labels that name it there.
+    assert result["vs_host"]["top1_agreement"] == 1.0 and result["vs_host"]["samples"] == doc["samples"] >= 8
+    from device_runtime.bundle import open_bundle
+
+    with open_bundle(bundle) as b:
+        assert (b.root / b.meta["labels"]).read_text().splitlines() == list(LABELS.values())
+        sentence = (b.root / "raw" / "sentences.txt").read_text(encoding="utf-8").splitlines()[0]
+        top = LABELS[int(np.argmax(b.expected(b.artifact("model.tflite"), b.samples[0]["id"])[0]))]
+    # `run` on the same sentence prints the user's three labels, ranked, the board's top class first.
+    capsys.readouterr()
+    assert main(["run", str(out / "sentiment_3" / "fp32" / "model.tflite"), "--text", sentence]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert f"1. {top} " in printed and all(label in printed for label in LABELS.values()), printed
