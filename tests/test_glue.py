@@ -225,6 +225,101 @@ def test_greedy_decode_matches_hugging_face_generate():
     assert (ours[0, 6:] == 0).all() if ours.shape[1] > 6 else True
 
 
+
+def test_greedy_decode_fixed_matches_generate_padded_to_the_fixed_length():
+    """A fixed-shape decoder gets the whole (B, length) buffer each step; on a causal model the [PAD] tail changes
+    nothing, so the ids are Hugging Face's greedy `generate`, padded to the length."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=32, n_embd=32, n_layer=1, n_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+    shapes = []
+
+    def step(ids):
+        shapes.append(ids.shape)
+        with torch.no_grad():
+            return model(torch.from_numpy(ids)).logits.numpy()
+
+    start = np.array([[5, 7]], dtype=np.int64)
+    free = glue.greedy_decode_fixed(step, start, length=10, eos_id=-1, pad_id=0)
+    assert free.shape == (1, 10) and set(shapes) == {(1, 10)} and len(np.unique(free)) > 3
+    eos = int(free[0, 5])  # a token it really produces: it stops there
+    ours = glue.greedy_decode_fixed(step, start, length=10, eos_id=eos, pad_id=0)
+    with torch.no_grad():
+        theirs = model.generate(torch.from_numpy(start), attention_mask=torch.ones(1, 2, dtype=torch.long),
+                                do_sample=False, max_length=10, eos_token_id=eos, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
+    assert (ours[:, theirs.shape[1]:] == 0).all() and theirs.shape[1] < 10
+    assert glue.greedy_decode_fixed(step, np.array([[5, 7]]), 2, eos_id=eos).tolist() == [[5, 7]]
+
+
+# -- region glue (MiniVLM's TEE) ---------------------------------------------------------------------------
+def test_anchor_grid_matches_torchvisions_anchor_generator_and_minivlms_anchors():
+    """torchvision's generator rounds its base anchors and puts centres at index * stride: with ratios whose
+    sides are whole pixels, ours are its anchors shifted by half a stride, in its order (level, row, column,
+    ratio). And exactly the anchors MiniVLM's detector outputs are laid out against."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from models_zoo.minivlm import minivlm_config
+
+    size, strides, ratios = 128, (8, 16, 32), (1.0, 4.0, 0.25)
+    generator = AnchorGenerator(tuple((4 * s,) for s in strides), (ratios,) * len(strides))
+    images = ImageList(torch.zeros(1, 3, size, size), [(size, size)])
+    theirs = generator(images, [torch.zeros(1, 1, size // s, size // s) for s in strides])[0].numpy()
+    shift = np.repeat([s / 2 for s in strides], [(size // s) ** 2 * len(ratios) for s in strides])[:, None]
+    ours = glue.anchor_grid(image_size=size, strides=strides, scale=4.0, ratios=ratios)
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs + shift)
+    for cfg in (minivlm_config(tiny=True), minivlm_config()):
+        np.testing.assert_array_equal(glue.anchor_grid(cfg.image_size, (8, 16, 32, 64, 128), cfg.anchor_scale,
+                                                       cfg.anchor_ratios), cfg.anchors())
+
+
+def test_clip_and_normalise_by_a_wired_image_size_match_torch(detector):
+    for (boxes, _), hw in zip(detector["boxes"], [(96, 128), (128, 70)]):  # a landscape and a portrait photo
+        ours = glue.clip_boxes_to_image(boxes, np.array(hw, np.int64))
+        theirs = torchvision.ops.clip_boxes_to_image(torch.from_numpy(boxes), hw).numpy()
+        np.testing.assert_array_equal(ours, theirs)
+        assert (ours != boxes).any() and ours[:, 2].max() == hw[1] and ours[:, 3].max() == hw[0]
+        norm = glue.normalize_boxes(ours, np.array(hw))
+        torch_norm = (torch.from_numpy(ours) / torch.tensor([hw[1], hw[0], hw[1], hw[0]], dtype=torch.float32))
+        np.testing.assert_array_equal(norm, torch_norm.numpy())
+        assert norm.dtype == np.float32 and norm.max() == 1.0 and norm.min() == 0.0
+
+
+def test_best_class_is_softmax_then_max_over_the_non_background_classes(detector):
+    rows = detector["features"][0].reshape(16, -1).T[:200]  # (200, 16) real activations as class logits,
+    rows = rows[:, rows.std(0) > 0]  # the live channels (ReLU leaves some at 0),
+    logits = 2 * (rows - rows.mean(0)) / rows.std(0)  # each standardised: no one class wins every row
+    scores, labels = glue.best_class(logits)
+    probs = torch.softmax(torch.from_numpy(logits), dim=1)
+    best, theirs = probs[:, 1:].max(dim=1)
+    np.testing.assert_array_equal(labels, theirs.numpy() + 1)
+    np.testing.assert_allclose(scores, best.numpy(), rtol=1e-6)
+    assert labels.dtype == np.int64 and len(np.unique(labels)) > 3 and (labels > 0).all()
+    all_scores, all_labels = glue.best_class(logits, background=None)
+    np.testing.assert_array_equal(all_labels, probs.argmax(dim=1).numpy())
+    assert (all_labels == 0).any()  # column 0 wins somewhere: leaving it out above was a real choice
+
+
+def test_nonzero_reshape_and_constant_match_torch():
+    mask = np.array([1, 0, 1, 1, 0, 0], np.int64)
+    np.testing.assert_array_equal(glue.nonzero(mask), torch.nonzero(torch.from_numpy(mask)).flatten().numpy())
+    assert glue.nonzero(mask.astype(bool)).tolist() == [0, 2, 3] and glue.nonzero(np.zeros(3)).shape == (0,)
+    x = np.arange(24, dtype=np.float32).reshape(1, 6, 4)
+    np.testing.assert_array_equal(glue.reshape(x, [-1, 4]), torch.from_numpy(x).reshape(-1, 4).numpy())
+    step = glue.get_glue("reshape")
+    (y,) = step({"x": x}, {"shape": [1, 1, 24]})
+    assert y.shape == (1, 1, 24)
+    for value, dtype in (([[101]], "int64"), ([0.5, 2.0], "float32"), (3, "int32")):
+        np.testing.assert_array_equal(glue.constant(value, dtype), torch.tensor(value, dtype=getattr(torch, dtype)))
+        assert glue.constant(value, dtype).dtype == np.dtype(dtype)
+    assert glue.get_glue("constant").inputs == () and glue.get_glue("anchor_grid").inputs == ()
+
 # -- refusals ---------------------------------------------------------------------------------------------
 def test_bad_inputs_are_refused_naming_the_problem():
     good = np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32)
@@ -247,6 +342,17 @@ def test_bad_inputs_are_refused_naming_the_problem():
         (lambda: glue.decode_boxes(good, np.zeros((2, 5), np.float32)), ShapeError, r"\(2, 4 \* K\)"),
         (lambda: glue.greedy_decode(lambda ids: np.zeros((1, 3)), np.array([[1, 2]]), 0, 1), InputError, "max_len 1"),
         (lambda: glue.get_glue("soft_nms"), UsageError, "registered steps: .*nms"),
+        (lambda: glue.anchor_grid(100, [8, 16], 4.0, [1.0]), InputError, "divisible by every stride"),
+        (lambda: glue.clip_boxes_to_image(good, np.array([4])), ShapeError, "image_hw.*height, width"),
+        (lambda: glue.normalize_boxes(good, np.array([0, 4])), InputError, "zero size"),
+        (lambda: glue.best_class(np.zeros((2, 1), np.float32)), ShapeError, "background column"),
+        (lambda: glue.best_class(np.zeros((2, 3), np.float32), background=3), InputError, "column index 0..2"),
+        (lambda: glue.nonzero(np.ones((2, 2))), ShapeError, "1-D"),
+        (lambda: glue.reshape(good, [3, -1]), ShapeError, r"cannot be reshaped to \[3, -1\]"),
+        (lambda: glue.reshape(good, [-1, -1]), InputError, "at most one -1"),
+        (lambda: glue.constant([1.5], "int64"), InputError, "non-integers"),
+        (lambda: glue.constant([1], "complex64"), DTypeError, "dtype must be one of"),
+        (lambda: glue.greedy_decode_fixed(lambda ids: np.zeros((1, 3)), np.array([[1]]), 4, 2), ShapeError, r"expected \(B, length, V\)"),
         (lambda: glue.get_glue("nms")({"boxes": good, "scores": scores}, {"iou": 0.5}), UsageError, "no parameter"),
     ]
     for call, error, message in cases:
@@ -256,7 +362,8 @@ def test_bad_inputs_are_refused_naming_the_problem():
 
 def test_every_registered_step_is_tested_here_and_imports_without_torch():
     tested = {"nms", "batched_nms", "box_iou", "decode_boxes", "clip_boxes", "remove_small_boxes", "roi_align",
-              "multiscale_roi_align", "top_k", "take", "pad_to_fixed", "greedy_decode"}
+              "multiscale_roi_align", "top_k", "take", "pad_to_fixed", "greedy_decode", "greedy_decode_fixed",
+              "anchor_grid", "clip_boxes_to_image", "normalize_boxes", "best_class", "nonzero", "reshape", "constant"}
     assert set(glue.GLUE) == tested, "a new glue step needs a test against its torch counterpart here"
     assert glue.get_glue("top_k").outputs == ("values", "indices") and glue.get_glue("greedy_decode").calls_session
     code = "import sys, device_runtime.glue, device_runtime.pipeline; assert 'torch' not in sys.modules; print('ok')"

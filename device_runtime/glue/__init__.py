@@ -23,8 +23,11 @@ from device_runtime.glue.checks import InvalidBoxError
 from device_runtime.glue.boxes import batched_nms, box_iou, clip_boxes, decode_boxes, nms, remove_small_boxes
 from device_runtime.glue.roi_align import multiscale_roi_align, roi_align
 from device_runtime.glue.select import pad_to_fixed, take, top_k
-from device_runtime.glue.decode import greedy_decode
+from device_runtime.glue.decode import greedy_decode, greedy_decode_fixed
+from device_runtime.glue.regions import anchor_grid, best_class, clip_boxes_to_image, nonzero, normalize_boxes
+from device_runtime.glue.arrays import constant, reshape
 
 __all__ = ["GLUE", "GlueStep", "register_glue", "get_glue", "list_glue", "InvalidBoxError", "nms", "batched_nms",
            "box_iou", "decode_boxes", "clip_boxes", "remove_small_boxes", "roi_align", "multiscale_roi_align",
-           "top_k", "take", "pad_to_fixed", "greedy_decode"]
+           "top_k", "take", "pad_to_fixed", "greedy_decode", "greedy_decode_fixed", "anchor_grid", "best_class",
+           "clip_boxes_to_image", "nonzero", "normalize_boxes", "constant", "reshape"]

@@ -40,6 +40,12 @@ def cmd_zoo_list(args) -> int:
         rows.append((name, spec.family, spec.task, inputs, spec.default_precision,
                      "yes" if spec.tiny_overrides is not None else "NO"))
     print_table(rows)
+    from sdk.export.pipeline import list_pipeline_models
+
+    print("\npipeline models (several artifacts joined by numpy glue; `pocketformer export NAME [--tiny] --to "
+          "FMT[,FMT]`, see docs/pipelines.md):")
+    for name in list_pipeline_models():
+        print(f"  {name}: stages detector, box_head, fusion, caption; tiny variant: yes")
     return EXIT_OK
 
 
@@ -69,7 +75,15 @@ def cmd_formats(args) -> int:
 # -- export ------------------------------------------------------------------------------------------
 def cmd_export(args, option_dests: list[str]) -> int:
     from sdk.export.api import export
+    from sdk.export.pipeline import is_pipeline_model
     from sdk.console.progress import Progress
+
+    if is_pipeline_model(args.model):  # several artifacts and glue (MiniVLM): sdk/cli/pipeline.py
+        from sdk.cli.pipeline import cmd_export_pipeline
+
+        return cmd_export_pipeline(args, option_dests)
+    if args.stage:
+        raise CliError(f"--stage picks a pipeline model's stage formats; {args.model} is one artifact")
 
     formats = [f for part in args.to for f in part.split(",") if f]
     # Only the options the user gave: each converter's Options supplies its own defaults.
@@ -100,8 +114,16 @@ def _open(args):
 def cmd_run(args) -> int:
     import numpy as np
 
+    from device_runtime.pipeline import is_pipeline
     from sdk.export.records import report_for_artifact
 
+    if is_pipeline(args.artifact):  # a folder (or bundle) with pipeline.json: sdk/cli/pipeline.py
+        from sdk.cli.pipeline import cmd_run_pipeline
+
+        return cmd_run_pipeline(args)
+    if sum(bool(x) for x in (args.image, args.text, args.input)) > 1:
+        raise CliError("give one of --image, --text or --input (both --image and --text are for a "
+                       "vision-language pipeline)")
     artifact = existing_artifact(args.artifact, args.trust)
     feed = build_feed(artifact, args.image, args.text, args.input, trust=True)  # checked just above
     session = _open(args)
@@ -231,6 +253,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     exp.add_argument("--quiet", action="store_true", help="no progress lines")
     exp.add_argument("--bundle", metavar="PATH", help="also write a verification bundle of the exported artifacts "
                                                       "(a .zip when PATH ends in .zip; see `pocketformer bundle`)")
+    exp.add_argument("--stage", action="append", default=[], metavar="STAGE=FORMAT[:PRECISION]",
+                     help="pipeline models (minivlm): one stage's format and precision, e.g. detector=tflite:int8 "
+                          "(repeatable; the others follow --to: one format for all, or two: vision stages, then "
+                          "transformer stages)")
     option_dests = _add_converter_options(exp)
     exp.set_defaults(func=lambda a: cmd_export(a, option_dests))
 

@@ -45,11 +45,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="runtime backend for the format (default: the first installed; see `pocketformer formats`)")
     p.add_argument("--threads", type=int, help="CPU threads for the runtime (default: the runtime's own)")
     p.add_argument("--trust", action="store_true", help=TRUST_HELP)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says")
-    src.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says")
-    src.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="a raw input tensor (repeat for each input)")
+    # Not mutually exclusive: a vision-language pipeline takes --image and --text together (`run` refuses both
+    # for a single artifact).
+    p.add_argument("--image", help="an image file, preprocessed as the report beside the artifact says")
+    p.add_argument("--text", help="a sentence, tokenised as the report beside the artifact says (with --image: the "
+                                  "question for a vision-language pipeline)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="a raw input tensor (repeat for each input)")
 
 
 def add_feed_args(p: argparse.ArgumentParser) -> None:

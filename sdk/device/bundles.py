@@ -139,6 +139,10 @@ def write_bundle(paths: Sequence[str | Path], out: str | Path, zip_: bool = Fals
                  note: Callable[[str], None] | None = None) -> Path:
     """Write one bundle for the artifacts in `paths` to `out` (a folder, or a zip when `zip_`); returns `out`."""
     note = note or (lambda message: None)
+    if len(paths) == 1 and (Path(paths[0]) / "pipeline.json").is_file():  # a pipeline folder (MiniVLM's)
+        from sdk.device.pipeline_bundle import write_pipeline_bundle
+
+        return write_pipeline_bundle(paths[0], out, zip_=zip_, note=note)
     artifacts = _artifacts_of(paths)
     records = [load_entry(a, trust=trust) for a in artifacts]  # refuses bytes changed since export
     for record in records:

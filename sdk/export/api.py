@@ -27,6 +27,7 @@ from sdk.export.buckets import convert_and_verify_buckets
 from device_runtime.errors import UsageError
 from sdk.export.data import ExportInputs
 from sdk.export.evaluate import EvalSet, artifact_top1, pytorch_top1, read_eval_set
+from sdk.export.pipeline import export_pipeline_model, is_pipeline_model
 from sdk.export.plan import WorkItem, plan_work
 from sdk.export.shapes import PackedRow, shapes_from_options
 from sdk.export.steps import ExportResult, convert_and_verify, model_section
@@ -59,9 +60,16 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
     distinct real images stacked: one artifact holding them all where the format allows, else one per size.
     `eval` (an image folder with a subfolder per class, or a TSV of text<TAB>label) adds the top-1 accuracy of
     fp32 PyTorch and of each artifact on the user's own labelled data (`sdk.export.evaluate`).
+    A pipeline model ("minivlm", "minivlm-tiny") is exported by `sdk.export.pipeline` instead: one artifact per
+    stage (`stages={"detector": ("tflite", "int8")}` picks a stage's format and precision), verified alone and
+    end to end; the result is a list of one `PipelineExportResult`.
     """
     progress = progress or Progress(enabled=False)
     formats = [formats] if isinstance(formats, str) else list(formats)
+    if is_pipeline_model(model):  # several artifacts and glue (MiniVLM): sdk/export/pipeline.py
+        return export_pipeline_model(model, formats, precision, out_dir, stage_export=export, weights=weights,
+                                     tiny=tiny, seq_len=seq_len, seq_lens=seq_lens, pack=pack, batch_sizes=batch_sizes,
+                                     calibration=calibration, eval=eval, progress=progress, **options)
     shapes = shapes_from_options(seq_len, seq_lens, pack, batch_sizes, options)
     spec, items = plan_work(model, shapes, formats, precision, out_dir, options, tiny=tiny, weights=weights,
                             progress=progress)
