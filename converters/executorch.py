@@ -5,18 +5,37 @@ per-channel with activations calibrated on the real sample inputs (vision), or d
 layers (BERT family). Before lowering, `converters.rewrites` replaces LayerNorm and attention with
 equivalent ops that XNNPACK takes, and `views_for_xnnpack` turns leftover squeezes/expands into views,
 so the graph is not cut into dozens of partitions (MobileViT: 1 partition instead of 13).
+
+fp16 (`half_for_xnnpack`): the module in float16 (`module.half()`), lowered to XNNPACK's fp16 kernels: weights
+and activations fp16 inside the delegate, float32 inputs and outputs by casts at the boundary (`fp16_io=True`
+keeps float16 I/O). XNNPACK takes no dtype cast, so the boundary casts run as ExecuTorch portable kernels. Two
+changes keep the fp16 graph whole and finite:
+- SiLU is decomposed as `x * sigmoid(x)` in float16 (`fp16_decompositions`). torch's own decomposition of a
+  half SiLU computes in float32, with casts around every activation: MobileViT-XXS-tiny fell into 37 partitions,
+  against 1.
+- LayerNorm computes in float32 (`layernorm_in_fp32`), an fp32 island with its own casts, as the ONNX fp16
+  conversion keeps it (converters/onnx.py `FP16_KEEP_FP32`). On a CPU with fp16 arithmetic (the Cortex-A76 board)
+  the variance of an fp16 LayerNorm underflowed: XNNPACK runs with denormals flushed, the squares of small
+  activations (< 6.1e-5, fp16's smallest normal) and LayerNorm's eps became 0, and rsqrt(0) turned a real photo's
+  logits into NaN (MobileViT-XXS-tiny; x86, which widens fp16 to fp32 per kernel, was fine).
+XNNPACK has no fp16 GELU (its partitioner says so): GELU runs as the portable fp16 kernel (the BERT family, one
+cut per layer). `details["fp16"]` says where each op ran and in which dtype (`fp16_summary`).
+XNNPACK runs fp16 only where the CPU has fp16 arithmetic (ARMv8.2-A FP16, `asimdhp`) or, on x86, F16C with AVX
+(widened to fp32 per kernel); elsewhere (a Cortex-A72) it refuses the program at runtime creation
+(`xnn_status_unsupported_hardware`), and device_runtime refuses it before loading (`backends.executorch`).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from converters import rewrites
-from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, int4_blocks_fit, option,
-                             register_converter, write_bytes_atomic)
+from converters.base import (INT4_BLOCK, Conversion, ConversionError, Converter, Precision, UnsupportedError,
+                             int4_blocks_fit, option, register_converter, write_bytes_atomic)
 # The program's metadata method and its keys: one contract, defined where the runtime reads it.
 from device_runtime.backends.executorch import (META_BUCKET_AXIS, META_BUCKETS, META_INPUTS, META_METHOD, META_OUTPUTS,
                                                META_VALUE_RANGES)
@@ -145,6 +164,128 @@ def views_for_xnnpack(graph_module):
     return PassResult(graph_module, changed)
 
 
+# -- fp16 ---------------------------------------------------------------------------------------------------
+def _silu(x):
+    """SiLU in its input's dtype (float16 stays float16: XNNPACK's sigmoid and mul take it whole)."""
+    import torch
+
+    return x * torch.sigmoid(x)
+
+
+def fp16_decompositions() -> dict:
+    """Decompositions applied to an fp16 program before lowering (see the module docstring)."""
+    import torch
+
+    return {torch.ops.aten.silu.default: _silu}
+
+
+@functools.lru_cache(maxsize=None)
+def fp32_island_type():
+    """The fp32-island wrapper (one class per process)."""
+    import torch
+
+    class Fp32Island(torch.nn.Module):
+        """`inner` (kept float32) on a float32 copy of its input; the result back in the input's dtype."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner.float()
+
+        def forward(self, x):
+            return self.inner(x.float()).to(x.dtype)
+
+    return Fp32Island
+
+
+def layernorm_in_fp32(model):
+    """Every LayerNorm (stock, or the rewrite's linear-mean form) of a half model computes in float32."""
+    import torch
+
+    norms = (torch.nn.LayerNorm, rewrites.linear_layernorm_type())
+    island = fp32_island_type()
+    for parent in list(model.modules()):
+        if isinstance(parent, island):
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, norms):
+                setattr(parent, name, island(child))
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def float_io_type():
+    """The float32-boundary wrapper of an fp16 model (one class per process)."""
+    import torch
+
+    class Float32IO(torch.nn.Module):
+        """A float16 model with float32 inputs and outputs: floating inputs cast to float16 on the way in, float16
+        outputs to float32 on the way out; integer and bool inputs (token ids, masks) pass unchanged."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            out = self.inner(*(a.half() if a.is_floating_point() else a for a in args))
+            if isinstance(out, (tuple, list)):
+                return type(out)(o.float() if o.dtype == torch.float16 else o for o in out)
+            return out.float() if out.dtype == torch.float16 else out
+
+    return Float32IO
+
+
+def half_for_xnnpack(module, fp16_io: bool = False):
+    """The fp16 model that is exported: `module` (a copy, already rewritten) in float16, LayerNorm in float32, and
+    float32 I/O unless `fp16_io`."""
+    work = layernorm_in_fp32(module.half()).eval()
+    return work if fp16_io else float_io_type()(work).eval()
+
+
+def half_args(args: tuple) -> tuple:
+    return tuple(a.half() if a.is_floating_point() else a for a in args)
+
+
+def fp16_summary(edge_program, fp16_io: bool) -> dict:
+    """What ran in fp16 and where: the ops inside XNNPACK by output dtype, and the ops left to portable kernels
+    (dtype casts: at the inputs/outputs, around the fp32 LayerNorm islands, of constants; other fp16 ops)."""
+    import torch
+    from executorch.exir.backend.utils import get_delegates, get_non_lowered_nodes
+
+    graph_module = edge_program.graph_module
+    inside = Counter()
+    for node in get_delegates(graph_module.graph):
+        for inner in getattr(graph_module, node.name).original_module.graph.nodes:
+            val = inner.meta.get("val") if inner.op == "call_function" else None
+            if isinstance(val, torch.Tensor) and val.is_floating_point():
+                inside[str(val.dtype).replace("torch.", "")] += 1
+    casts, portable = Counter(), {"float16": Counter(), "float32": Counter()}
+    for node in get_non_lowered_nodes(graph_module.graph):
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        source = node.args[0] if node.args else None
+        source_val = getattr(source, "meta", {}).get("val")
+        if "_to_dim_order_copy" in _op_name(node.target) and isinstance(source_val, torch.Tensor) \
+                and source_val.dtype != val.dtype:
+            if source.op == "placeholder" and source.name in edge_program.graph_signature.user_inputs:
+                kind = "inputs"
+            elif any(user.op == "output" for user in node.users):
+                kind = "outputs"
+            elif source.op == "placeholder":
+                kind = "constants"
+            else:
+                kind = "between partitions (fp32 islands)"
+            casts[kind] += 1
+        elif str(val.dtype).replace("torch.", "") in portable:
+            portable[str(val.dtype).replace("torch.", "")][_op_name(node.target)] += 1
+    # fp32 runs only in the LayerNorm islands: inside XNNPACK where the norm is the rewrite's linear-mean form, as
+    # a portable native_layer_norm where it was left a stock LayerNorm (rewrite=False, or a subclass such as timm's).
+    return {"io": "float16" if fp16_io else "float32", "xnnpack_ops_by_dtype": dict(inside),
+            "portable_casts": dict(casts), "portable_fp16_ops": dict(portable["float16"]),
+            "portable_fp32_ops": dict(portable["float32"]),
+            "float32_ops": "LayerNorm (its statistics underflow in fp16 where XNNPACK flushes denormals)"}
+
+
 def delegation_summary(edge_program) -> dict:
     """How much of the graph XNNPACK took: partitions, delegated ops, and the ops left to portable kernels."""
     from executorch.exir.backend.utils import get_delegates, get_non_lowered_nodes
@@ -178,7 +319,7 @@ class ExecuTorchConverter(Converter):
     format = "pte"
     suffix = ".pte"
     description = "ExecuTorch program, XNNPACK-delegated (Android, iOS, Linux)"
-    precisions = ("fp32", "int8-static", "int8-dynamic", "int4-weight")
+    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
     extra = "pte"
     required_modules = ("executorch",)
 
@@ -186,25 +327,30 @@ class ExecuTorchConverter(Converter):
     class Options:
         rewrite: bool = option(True, "rewrite modules XNNPACK cannot take whole (LayerNorm, attention masks) into "
                                      "equivalent ones it can (the artifact is still checked against the original)")
+        fp16_io: bool = option(False, "fp16: float16 model inputs and outputs (default: float32, cast at the "
+                                      "boundary, so feeds need no cast)")
 
     multi_length = True
 
-    def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
+    def convert(self, module, spec, precision, calibration, path: Path, rewrite: bool = True,
+                fp16_io: bool = False) -> Conversion:
         from device_runtime.buckets import SEQUENCE
 
-        return self._program(module, {None: spec}, precision, {None: calibration}, path, rewrite, SEQUENCE)
+        return self._program(module, {None: spec}, precision, {None: calibration}, path, rewrite, SEQUENCE, fp16_io)
 
-    def convert_buckets(self, module, specs, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
+    def convert_buckets(self, module, specs, precision, calibration, path: Path, rewrite: bool = True,
+                        fp16_io: bool = False) -> Conversion:
         """One program; with several lengths, one method per length (`seq<N>`) and `forward` = the largest.
         ExecuTorch stores a constant used by several methods once (measured: 4 lengths of TinyBERT-tiny in a
         file 1.02x the single-length one)."""
         from device_runtime.buckets import SEQUENCE
 
-        return self._program(module, specs, precision, calibration, path, rewrite, SEQUENCE)
+        return self._program(module, specs, precision, calibration, path, rewrite, SEQUENCE, fp16_io)
 
     multi_batch = True
 
-    def convert_batches(self, module, spec, precision, calibration, path: Path, rewrite: bool = True) -> Conversion:
+    def convert_batches(self, module, spec, precision, calibration, path: Path, rewrite: bool = True,
+                        fp16_io: bool = False) -> Conversion:
         """One program with one method per batch size (`batch<N>`, traced on `calibration[N]`, feeds of N rows)
         and `forward` = the smallest (batch 1 where it is one), the weights stored once. int8-static quantizes
         per batch size (a quantized graph is traced at one shape), calibrated on the same images stacked N at a
@@ -212,12 +358,15 @@ class ExecuTorchConverter(Converter):
         from device_runtime.buckets import BATCH
 
         return self._program(module, {size: spec for size in calibration}, precision, calibration, path, rewrite,
-                             BATCH)
+                             BATCH, fp16_io)
 
-    def _program(self, module, specs, precision, calibration, path: Path, rewrite: bool, axis) -> Conversion:
+    def _program(self, module, specs, precision, calibration, path: Path, rewrite: bool, axis,
+                 fp16_io: bool = False) -> Conversion:
         """The program of `convert` / `convert_buckets` / `convert_batches`: `specs` and `calibration` are keyed by
         the bucket's size along `axis` (or None: one plain `forward`)."""
         precision = Precision.of(precision)
+        if fp16_io and precision != "fp16":
+            raise UnsupportedError(f"--fp16-io applies to fp16 only, not {precision}")
         import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -230,6 +379,8 @@ class ExecuTorchConverter(Converter):
         # formats exported after this one.
         work = rewrites.for_xnnpack(copy.deepcopy(module)) if rewrite else copy.deepcopy(module)
         int4_blocks = precision == "int4-weight" and int4_blocks_fit(work)  # decided once, here
+        if precision == "fp16":
+            work = half_for_xnnpack(work, fp16_io)
         spec = specs[max(specs, key=lambda k: k or 0)]
         exported, references = {}, {}
         try:
@@ -242,7 +393,11 @@ class ExecuTorchConverter(Converter):
                     # Per length: a quantized graph is traced at one shape. The weights quantize identically
                     # (per channel, from the same fp32 weights), so the methods still share them.
                     lowered_module = references[length] = quantize_pt2e(work, args, precision, samples, int4_blocks)
-                exported[length] = torch.export.export(lowered_module, args)
+                if precision == "fp16":
+                    program = torch.export.export(lowered_module, half_args(args) if fp16_io else args)
+                    exported[length] = program.run_decompositions(fp16_decompositions())
+                else:
+                    exported[length] = torch.export.export(lowered_module, args)
         except Exception as exc:
             raise ConversionError(f"ExecuTorch could not export {spec.name} ({precision}): "
                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
@@ -265,12 +420,15 @@ class ExecuTorchConverter(Converter):
                 partitioner=[XnnpackPartitioner()],
                 constant_methods={META_METHOD: torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)})
             delegation = delegation_summary(edge.exported_program("forward"))
+            fp16 = fp16_summary(edge.exported_program("forward"), fp16_io) if precision == "fp16" else None
             program = edge.to_executorch()
         except Exception as exc:
             raise ConversionError(f"ExecuTorch could not lower {spec.name} ({precision}): "
                                   f"{type(exc).__name__}: {str(exc)[:500]}") from exc
         write_bytes_atomic(path, program.buffer)
         details = {"delegation": delegation, "rewrites": rewrite}
+        if fp16:
+            details["fp16"] = fp16
         if bucketed:
             details["buckets"] = ({"axis": axis.name, "batch_sizes": sorted(specs), "entry_points": meta[META_BUCKETS]}
                                   if axis is BATCH else

@@ -17,9 +17,12 @@ from models_zoo.spec import InputSpec, ModelSpec, Tolerance
 VISION_TOLERANCES = {
     # fp32 rounding is relative: measured <= 1e-6 of the logit scale (tiny) and <= 6e-6 absolute (full size).
     "fp32": Tolerance(atol=1e-4, rtol=1e-5),
-    # fp16 keeps ~3 decimal digits: measured 4e-4..1.1e-3 of the scale (TFLite, ONNX; 61-70 dB). 5e-3 of the
-    # scale is 5e-2 on logits of ~10, the bound this always meant. 30 dB is kept for Core ML, not measurable here.
-    "fp16": Tolerance(atol=1e-4, rtol=5e-3, min_sqnr_db=30.0),
+    # fp16 keeps ~3 decimal digits: measured 4e-4..1.1e-3 of the scale (TFLite, ONNX; 61-70 dB). ExecuTorch computes
+    # every op but LayerNorm in fp16: 6.4e-4..2.5e-3 on x86 (F16C: fp32 inside each kernel; 6 families'
+    # tiny models), and on a CPU with fp16 arithmetic (the Cortex-A76 board: fp16 accumulation) up to 8.2e-3 vs fp32
+    # PyTorch and 7.1e-3 vs the host (MobileViT-tiny, 43 dB), hence 1.5e-2 (0.15 on logits of ~10). DynamicViT's
+    # token selection is not covered (3.3e-2, 35 dB: it fails fp16 .pte verification). 30 dB also guards Core ML.
+    "fp16": Tolerance(atol=1e-4, rtol=1.5e-2, min_sqnr_db=30.0),
     # int8: the lowering error is vs the PT2E reference for ExecuTorch and LiteRT static (measured 0.016-0.06 of
     # the scale: kernels requantise differently, a few output quantisation steps), but vs fp32 for ONNX Runtime
     # and LiteRT dynamic, whose quantizers work on the graph (measured up to 0.155 on MobileViT). The SQNR floor

@@ -12,11 +12,13 @@ is reached the same way and runs `verify` and `bench` through the `tflite_runtim
 The Debian 13 boards (`scripts/arm64_board.sh --debian trixie --cpu CLASS`, .cache/arm64-board-trixie-CLASS) are
 Python 3.13 with executorch-numpy-runtime too, so `.pte` runs there without torch, on two CPU classes: a Cortex-A72
 (no dot product, no fp16 arithmetic) and a Cortex-A76 (both, as phones of the last years have): every runnable
-format verifies on each.
+format verifies on each. The fp16 `.pte` runs on the A76 only: XNNPACK has no fp16 kernels without fp16
+arithmetic, and device_runtime refuses the program there before loading it.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -167,13 +169,44 @@ def test_the_boards_cpu_class_is_consistent_in_qemu_cpuinfo_and_name(cpu):
     assert newer <= features if cpu == "cortex-a76" else not newer & features
 
 
+# The fp16 .pte verifies on the board with fp16 arithmetic only (see test_an_fp16_program_is_refused_without_fp16).
+FP16_FILES = {"cortex-a72": [], "cortex-a76": ["fp16-model.pte"]}
+
+REFUSE_FP16 = r"""
+import json, sys
+import device_runtime
+try:
+    device_runtime.load(sys.argv[1])
+    print(json.dumps(None))
+except device_runtime.errors.PocketformerError as exc:
+    print(json.dumps([type(exc).__name__, str(exc), exc.exit_code]))
+"""
+
+
+def test_an_fp16_program_is_refused_without_fp16_arithmetic(cached_export):
+    """On the Cortex-A72, XNNPACK creates no fp16 operator (`xnn_is_f16_compatible_config` is false without
+    ARMv8.2-A FP16), so ExecuTorch would fail the first run with xnn_status_unsupported_hardware (measured): the
+    program is refused before the runtime loads it, saying why and what runs there."""
+    board = trixie_board("cortex-a72")
+    path = cached_export("mobilevit_xxs", "pte", "fp16")[0].path
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([str(board / "bin" / "python"), "-c", REFUSE_FP16, str(path)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kind, message, code = json.loads(result.stdout.splitlines()[-1])
+    assert kind == "IncompatibleProgramError" and code == 3
+    assert "fp16 program" in message and "Cortex-A72" in message and "asimdhp" in message
+    assert "fp32 or int8 export" in message
+    assert "XNNCompiler" not in result.stderr  # refused before XNNPACK saw it
+
+
 @pytest.fixture(scope="module")
 def every_format_bundle(export_tiny, cached_export, tmp_path_factory):
-    """.pte fp32 and int8 (tests/test_executorch_numpy.py's cached exports), .tflite and .onnx (board_bundle's) of
-    the tiny MobileViT: no export of its own."""
+    """.pte fp32, int8 and fp16 (tests/test_executorch_numpy.py's and tests/test_executorch.py's cached exports),
+    .tflite and .onnx (board_bundle's) of the tiny MobileViT: no export of its own."""
     from sdk.device.bundles import write_bundle
 
-    paths = [cached_export("mobilevit_xxs", "pte", precision)[0].path for precision in ("fp32", "int8")]
+    paths = [cached_export("mobilevit_xxs", "pte", precision)[0].path for precision in ("fp32", "int8", "fp16")]
     paths += [export_tiny("mobilevit_xxs", fmt, "fp32").path for fmt in ("tflite", "onnx")]
     return write_bundle(paths, tmp_path_factory.mktemp("trixie") / "every.bundle.zip", zip_=True)
 
@@ -182,8 +215,9 @@ def every_format_bundle(export_tiny, cached_export, tmp_path_factory):
 def test_verify_every_runnable_format_on_the_python313_board(cpu, every_format_bundle, sshd, tmp_path, capsys):
     board = trixie_board(cpu)
     report = tmp_path / "report"
+    files = ["fp32-model.pte", "int8-model.pte", "model.onnx", "model.tflite"] + FP16_FILES[cpu]
     code = main(["verify", str(every_format_bundle), *_ssh(sshd), "--remote-python", str(board / "bin" / "python"),
-                 "--report-dir", str(report), "--quiet"])
+                 "--report-dir", str(report), "--quiet", *[a for f in files for a in ("--artifact", f)]])
     printed = capsys.readouterr().out
     assert code == EXIT_OK, printed
     (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
@@ -191,15 +225,26 @@ def test_verify_every_runnable_format_on_the_python313_board(cpu, every_format_b
     assert machine["machine"] == "aarch64" and machine["python"].startswith("3.13")
     assert TRIXIE_CLASSES[cpu][0] in machine["cpu"] and doc["emulated"] and cpu in doc["emulated"]
     by_file = {r["file"]: r for r in doc["artifacts"]}
-    assert sorted(by_file) == ["fp32-model.pte", "int8-model.pte", "model.onnx", "model.tflite"]
+    assert sorted(by_file) == sorted(files)
     backends = {file: r["backend"] for file, r in by_file.items()}
     assert backends == {"fp32-model.pte": "executorch_numpy", "int8-model.pte": "executorch_numpy",
-                        "model.onnx": "onnxruntime", "model.tflite": "ai_edge_litert"}
+                        "model.onnx": "onnxruntime", "model.tflite": "ai_edge_litert",
+                        **{f: "executorch_numpy" for f in FP16_FILES[cpu]}}
     for file, r in by_file.items():
         assert r["passed"], (file, r["failures"])
         assert r["latency"]["kind"] == "emulation"
-        print(f"{cpu} board (Python 3.13) vs host, {file}: max abs {r['vs_host']['max_abs_err']:.3g}")
-        if file != "int8-model.pte":
+        scale = r["vs_host"]["reference_scale"]
+        print(f"{cpu} board (Python 3.13) vs host, {file}: max abs {r['vs_host']['max_abs_err']:.3g} "
+              f"({r['vs_host']['max_abs_err'] / scale:.2g} of the scale), SQNR {r['vs_host']['sqnr_db']:.1f} dB; "
+              f"vs fp32 PyTorch {r['vs_reference']['max_abs_err'] / r['vs_reference']['reference_scale']:.2g} of "
+              f"the scale, {r['vs_reference']['sqnr_db']:.1f} dB")
+        if file not in ("int8-model.pte", "fp16-model.pte"):
             assert r["vs_host"]["max_abs_err"] <= 1e-5  # fp32: ARM kernels, the same numbers to rounding
+    if FP16_FILES[cpu]:
+        # fp16 arithmetic here (the host widens fp16 to fp32 in each kernel): not the host's numbers, within the
+        # fp16 tolerance of them and of fp32 PyTorch.
+        fp16 = by_file["fp16-model.pte"]
+        assert 0 < fp16["vs_host"]["max_abs_err"] and fp16["vs_host"]["top1_agreement"] == 1.0
+        assert fp16["vs_reference"]["sqnr_db"] >= fp16["tolerance"]["min_sqnr_db"]
     int8 = by_file["int8-model.pte"]
     assert int8["vs_host"]["max_abs_err"] <= int8["tolerance"]["atol"] and int8["vs_host"]["top1_agreement"] == 1.0

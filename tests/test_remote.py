@@ -1,7 +1,8 @@
 """On-device benchmarks: parsers on real runner output, the adb transport up to the device, SSH end to end.
 
 - Native runners' output (LiteRT `benchmark_model`, ExecuTorch `executor_runner`) is parsed from real samples
-  recorded in tests/data/runner_output (sources in SOURCES.md).
+  recorded in tests/data/runner_output (sources in SOURCES.md); `executor_runner`'s bundle-IO lines from output
+  assembled from ExecuTorch's format strings (no build of that runner is to be had here; SOURCES.md says so).
 - No phone is attached here: the adb transport is tested with a stand-in `adb` on PATH that keeps a fake
   device folder and answers a runner invocation with a recorded real output. Everything up to the device
   (commands, flags, pushes, parsing, cleanup, error messages) is the real code.
@@ -19,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from device_runtime.profile import OpProfile
 from device_runtime.remote.parsers import (RunnerOutputError, parse_benchmark_model, parse_benchmark_model_profile,
-                                           parse_executor_runner)
+                                           parse_bundle_io, parse_executor_runner)
 from device_runtime.remote.transport import (AdbTarget, DeviceAuthError, DeviceRuntimeMissingError,
                                              DeviceUnreachableError, SSHTarget, parse_device, remote_benchmark)
 from sdk.cli.app import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED, main
@@ -106,6 +108,107 @@ def test_executor_runner_output():
     assert mv2["latency"]["mean"] == pytest.approx(15.013292)
     with pytest.raises(RunnerOutputError, match="prints no timing"):
         parse_executor_runner(sample("executor_runner_add_untimed.txt"))
+
+
+def test_bundle_io_output():
+    passed = parse_bundle_io(sample("executor_runner_bundleio_pass.txt"))
+    assert passed["passed"] is True and "tolerance" not in passed
+    (case,) = passed["cases"]
+    assert case["index"] == 0 and case["passed"] is True
+    assert case["stats"] == {"mean_absolute_error": 0.0, "max_absolute_error": 0.0, "mean_relative_error": 0.0,
+                             "max_relative_error": 0.0}
+    failed = parse_bundle_io(sample("executor_runner_bundleio_fail.txt"))
+    assert failed["passed"] is False and failed["cases"][0]["passed"] is False
+    assert failed["cases"][0]["stats"]["max_absolute_error"] == pytest.approx(0.000427)
+    assert failed["tolerance"] == {"rtol": 0.0, "atol": pytest.approx(0.0003)}
+    # A run on a plain .pte, or a runner built without bundle IO, checks nothing: an error, never a PASS.
+    with pytest.raises(RunnerOutputError, match="did not check the bundled program.*Test_result"):
+        parse_bundle_io(sample("executor_runner_mv2_xnnpack.txt"))
+    with pytest.raises(RunnerOutputError, match="Execution of method forward failed with status 0x1"):
+        parse_bundle_io("E 00:00:00.1 executorch:executor_runner.cpp:769] Execution of method forward failed with "
+                        "status 0x1\n")
+
+
+# A stand-in for `executor_runner` built with bundle IO: it takes the runner's flags, checks test case 0 of the .bpte
+# with ExecuTorch's own `verify_method_outputs` (the binding's BundledModule, the C++ check the runner calls) at the
+# given tolerance, and prints the runner's lines (executor_runner.cpp: 476, 883-887, 904-905 or 908-914).
+STAND_IN_RUNNER = """#!{python}
+import sys
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+path, rtol, atol = flags["model_path"], float(flags["bundleio_rtol"]), float(flags["bundleio_atol"])
+from executorch.extension.pybindings import portable_lib
+bundled = portable_lib._load_bundled_program_from_buffer(open(path, "rb").read())
+prefix = "I 00:00:00.000100 executorch:executor_runner.cpp:"
+print(prefix + "476] Model file " + path + " is loaded.")
+try:
+    bundled.verify_result_with_bundled_expected_output("forward", 0, rtol, atol)
+except RuntimeError:
+    print(prefix + "908] Model output don't match expected BundleIO bpte ref data. rtol=%f atol=%f" % (rtol, atol))
+    print(prefix + "913] TEST: BundleIO index[0] Test_result: FAIL")
+    sys.exit(1)
+print(prefix + "904] Model output match expected BundleIO bpte ref data.")
+print(prefix + "905] TEST: BundleIO index[0] Test_result: PASS")
+"""
+
+
+def _runner(tmp_path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(body)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pte_bundle(pte, tmp_path_factory):
+    from sdk.device.bundles import write_bundle
+
+    return write_bundle([pte], tmp_path_factory.mktemp("bpte") / "pte.bundle.zip", zip_=True)
+
+
+def test_verify_runs_executor_runner_on_the_bpte(pte_bundle, tmp_path, capsys):
+    report = tmp_path / "report"
+    runner = _runner(tmp_path, "executor_runner", STAND_IN_RUNNER.format(python=sys.executable))
+    assert main(["verify", str(pte_bundle), "--bpte-runner", runner, "--report-dir", str(report), "--quiet"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
+    (result,) = doc["artifacts"]
+    checked = result["bundle_io"]
+    assert result["passed"] and checked["passed"] and checked["cases"] == [{"index": 0, "passed": True, "stats": None}]
+    assert checked["bpte"] == "model.bpte" and checked["rtol"] == 0.0 and checked["exit_code"] == 0
+    assert checked["test_cases_in_bpte"] == doc["samples"] >= 4
+    # The model's bound on the first sample (max abs within atol, or rtol x the largest expected magnitude), as the
+    # runner's atol with rtol 0: ExecuTorch's check is elementwise, |out - expected| <= atol + rtol * |expected|.
+    from device_runtime.bundle import open_bundle
+
+    with open_bundle(pte_bundle) as opened:
+        first = opened.expected(opened.artifacts[0], opened.samples[0]["id"])
+    tolerance = result["tolerance"]
+    scale = max(float(np.abs(o).max()) for o in first)
+    assert checked["atol"] == pytest.approx(max(tolerance["atol"], tolerance["rtol"] * scale))
+    assert "executor_runner bundle IO (model.bpte" in printed and "case 0 PASS (of" in printed
+
+    # The runner says FAIL (recorded output): the artifact fails, exit 1, with the runner's verdict in the report.
+    failing = _runner(tmp_path, "failing_runner",
+                      f"#!/bin/sh\ncat {DATA / 'executor_runner_bundleio_fail.txt'}\nexit 1\n")
+    assert main(["verify", str(pte_bundle), "--bpte-runner", failing, "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "FAIL: ExecuTorch's executor_runner (bundle IO): test case 0 FAIL" in printed
+
+    # A runner that checks nothing (no bundle IO in its build): a failure quoting what it printed, never a PASS.
+    plain = _runner(tmp_path, "plain_runner", f"#!/bin/sh\ncat {DATA / 'executor_runner_mv2_xnnpack.txt'}\n")
+    assert main(["verify", str(pte_bundle), "--bpte-runner", plain, "--quiet"]) == 1
+    assert "did not check the bundled program" in capsys.readouterr().out
+    assert main(["verify", str(pte_bundle), "--bpte-runner", str(tmp_path / "missing"), "--quiet"]) == EXIT_BAD_INPUT
+
+
+def test_verify_runs_executor_runner_on_the_bpte_over_ssh(sshd, pte_bundle, tmp_path, capsys):
+    runner = _runner(tmp_path, "executor_runner", STAND_IN_RUNNER.format(python=sys.executable))
+    report = tmp_path / "report"
+    assert main(["verify", str(pte_bundle), *_ssh_args(sshd), "--remote-python", sys.executable, "--bpte-runner",
+                 runner, "--report-dir", str(report), "--quiet"]) == EXIT_OK, capsys.readouterr().out
+    (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
+    checked = doc["artifacts"][0]["bundle_io"]
+    assert checked["passed"] and checked["cases"][0]["passed"] and checked["exit_code"] == 0
 
 
 def test_device_addresses():

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from device_runtime.buckets import buckets_from_entry_points
-from device_runtime.errors import CorruptArtifactError, UsageError
+from device_runtime.errors import CorruptArtifactError, IncompatibleProgramError, UsageError
 from device_runtime.profile import OpProfile, OpProfileRow, ProfilerUnavailableError
 from device_runtime.registry import (Backend, Format, read_head, register_backend, register_format,
                                      requires_module)
@@ -67,6 +67,22 @@ def bucket_fields(meta: dict) -> tuple[dict[int, str], str]:
     buckets = {int(k): v for k, v in (meta.get(META_BUCKETS) or {}).items()}
     axis, _ = buckets_from_entry_points(list(buckets.values()))
     return buckets, meta.get(META_BUCKET_AXIS) or (axis.name if axis else "sequence")
+
+
+def check_fp16_cpu(path: str, meta: dict) -> None:
+    """Refuse an fp16 program (the converter's embedded precision) on a CPU where XNNPACK has no fp16 kernels,
+    before the runtime fails with `xnn_status_unsupported_hardware`. Programs without that metadata are not
+    checked: the runtime's own error then stands."""
+    from device_runtime.backends.pte_program import fp16_unsupported
+
+    if meta.get("precision") != "fp16":
+        return
+    reason = fp16_unsupported()
+    if reason:
+        raise IncompatibleProgramError(
+            f"{path} is an fp16 program and cannot run here: {reason}. XNNPACK runs fp16 on CPUs with fp16 "
+            f"arithmetic (Cortex-A55/A76 and later, Apple M1, Neoverse N1) and on x86 with F16C and AVX; run the "
+            f"fp32 or int8 export of this model on this CPU")
 
 
 def is_pte(path: Path) -> bool:
@@ -190,13 +206,14 @@ class ExecuTorchSession(Session):
             raise CorruptArtifactError(f"{path} ({size} bytes) is not a loadable ExecuTorch program: {exc}") from None
         if method not in program.method_names:
             raise CorruptArtifactError(f"{path} has no method {method!r}; methods: {sorted(program.method_names)}")
+        meta = self._embedded_meta(program)
+        check_fp16_cpu(path, meta)  # before load_method, where XNNPACK would fail on such a CPU
         try:
             self._method = program.load_method(method)
         except Exception as exc:
             raise CorruptArtifactError(f"cannot load method {method!r} of {path}: {exc}") from None
         self._program = program
         self._method_name = method
-        meta = self._embedded_meta(program)
         mm = self._method.metadata
         in_names = meta.get(META_INPUTS) or [f"input_{i}" for i in range(mm.num_inputs())]
         out_names = meta.get(META_OUTPUTS) or [f"output_{i}" for i in range(mm.num_outputs())]

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_runtime.backends.executorch import META_INPUTS, META_METHOD, META_OUTPUTS, META_VALUE_RANGES, \
-    SCALAR_TYPES, bucket_fields, decode_meta
+    SCALAR_TYPES, bucket_fields, check_fp16_cpu, decode_meta
 from device_runtime.backends.pte_program import incompatibilities, memory_plan, read_program
 from device_runtime.errors import BackendUnavailableError, CorruptArtifactError, IncompatibleProgramError, UsageError
 from device_runtime.profile import PROFILER_GAPS
@@ -162,6 +162,7 @@ class NumpyExecuTorchSession(Session):
         self._program, self._method_name = program, method
         self._methods = sorted(summary.methods)
         meta = self._embedded_meta(program)
+        check_fp16_cpu(path, meta)  # the method initialises XNNPACK lazily: this is still before it does
         in_meta, out_meta = mm.get("inputs") or [], mm.get("outputs") or []
         in_names = meta.get(META_INPUTS) or [f"input_{i}" for i in range(len(in_meta))]
         out_names = meta.get(META_OUTPUTS) or [f"output_{i}" for i in range(len(out_meta))]

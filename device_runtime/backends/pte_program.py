@@ -9,10 +9,17 @@ foreign file raises `CorruptArtifactError`, never reads out of range.
 
 Both `.pte` backends use it: for `memory_plan()` (the same figures through the binding and the numpy runtime)
 and, for a runtime older than the exporter, to refuse a program before loading it (`incompatibilities`).
+
+`fp16_unsupported` answers the other question an fp16 program asks, of the CPU: XNNPACK runs fp16 only where the
+CPU has fp16 arithmetic (arm64: ARMv8.2-A FP16, `asimdhp`) or, on x86, F16C with AVX (fp16 widened to fp32 per
+kernel); XNNPACK's `xnn_is_f16_compatible_config` (src/xnnpack/hardware-config.h) gates every f16 operator
+config, and without it ExecuTorch's delegate fails at runtime creation (`xnn_status_unsupported_hardware`,
+measured on the Cortex-A72 board: the binding fails in load_method, the numpy runtime in the first run).
 Standard library only.
 """
 from __future__ import annotations
 
+import platform
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,3 +170,38 @@ def incompatibilities(summary: ProgramSummary, identifier: str | None, operators
             problems.append(f"method {method.name!r} is lowered to delegate(s) the runtime does not link: "
                             f"{', '.join(unknown)} (it has {', '.join(sorted(backends)) or 'none'})")
     return problems
+
+
+# arm64 AT_HWCAP bit of Advanced SIMD half-precision arithmetic (Linux's HWCAP_ASIMDHP; /proc/cpuinfo "asimdhp").
+AT_HWCAP, HWCAP_ASIMDHP = 16, 1 << 10
+
+
+def _hwcap() -> int | None:
+    """The process's AT_HWCAP (what XNNPACK's cpuinfo reads on Linux arm64; qemu sets it for its -cpu)."""
+    try:
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+        return int(getauxval(AT_HWCAP))
+    except (OSError, AttributeError):
+        return None
+
+
+def fp16_unsupported() -> str | None:
+    """Why XNNPACK cannot run an fp16 program on this CPU (None when it can, or where this is not known)."""
+    from device_runtime.cpu import read_cpuinfo
+
+    info = read_cpuinfo()
+    machine = platform.machine().lower()
+    cpu = f"{info.model} ({machine})"
+    if machine in ("aarch64", "arm64"):
+        hwcap = _hwcap()
+        if not (bool(hwcap & HWCAP_ASIMDHP) if hwcap is not None else info.has("asimdhp")):
+            return (f"{cpu} has no fp16 arithmetic (ARMv8.2-A FP16, 'asimdhp'): a Cortex-A72 or A53 class core, "
+                    "where XNNPACK has no fp16 kernels")
+    elif machine in ("x86_64", "amd64") and info.flags:
+        missing = sorted({"f16c", "avx"} - info.flags)
+        if missing:
+            return f"{cpu} lacks {' and '.join(missing)}, which XNNPACK's fp16 kernels need on x86"
+    return None

@@ -10,6 +10,11 @@
 - ExecuTorch `executor_runner` (examples/portable/executor_runner): `Model loaded in X ms.` and
   `Iteration i of N: X ms` (recent builds), `Model executed successfully N time(s) in X ms.`, and
   `ETDump written to file '...'` when built with the event tracer.
+- The same runner built with bundle IO (`ET_BUNDLE_IO_ENABLED`) on a BundledProgram `.bpte`
+  (`parse_bundle_io`): `=== Error stats for testset I ===` with its four error lines, then
+  `TEST: BundleIO index[I] Test_result: PASS` or `... FAIL` (after "Model output don't match expected BundleIO
+  bpte ref data. rtol=R atol=A"). The portable runner checks test case 0 only (`constexpr size_t testset_idx = 0`
+  in executor_runner.cpp); other runners built on it (Arm's, RISC-V's) print the same line per case.
 
 Log prefixes (`INFO: `, logcat's `I tflite  : `, ExecuTorch's `I 00:00:00.0 executorch:file.cpp:123] `) are
 ignored. The formats were taken from real output (tests/data/runner_output); a runner that prints none of the
@@ -226,4 +231,46 @@ def parse_executor_runner(text: str) -> dict[str, Any]:
         result["etdump_path"] = etdump.group(1)
     if "XNNPACKBackend" in text or "XNNExecutor" in text:
         result["delegation"] = {"delegate": "XnnpackBackend"}
+    return result
+
+
+# -- ExecuTorch executor_runner with bundle IO (a .bpte) -----------------------------------------------------
+_BIO_RESULT = re.compile(r"TEST: BundleIO index\[(\d+)\] Test_result: (PASS|FAIL)")
+_BIO_STATS = re.compile(r"=== Error stats for testset (\d+) ===")
+_BIO_STAT = re.compile(rf"^\s*(mean_absolute_error|max_absolute_error|mean_relative_error|max_relative_error):\s*"
+                       rf"({_NUM}|[-+]?(?:nan|inf))\s*$", re.IGNORECASE)
+_BIO_TOLERANCE = re.compile(rf"BundleIO bpte ref data\. rtol=({_NUM}) atol=({_NUM})")
+_BIO_FAILED = re.compile(r"((?:Execution|Loading) of method \S+ failed with status \S+|Failed to parse model file "
+                         r"\S+|load_bundled_input failed with status \S+|get_program_data\(\) from bundle PTE failed"
+                         r"[^\n]*|ERROR: unknown command line flag [^\n]*)")
+_ET_PREFIX = re.compile(r"^[IWEDF] \d+:\d+:\d+\.\d+ executorch:\S+\] ")
+
+
+def parse_bundle_io(text: str) -> dict[str, Any]:
+    """The verdict of an `executor_runner` run on a `.bpte`: one entry per test case it checked (index, PASS or
+    FAIL, and the error statistics it printed for that case), the tolerance it printed on a failure, and
+    `passed` (every checked case passed)."""
+    stats: dict[int, dict[str, float]] = {}
+    current = None
+    for raw in text.splitlines():
+        line = _ET_PREFIX.sub("", raw)
+        head = _BIO_STATS.search(line)
+        if head:
+            current = stats.setdefault(int(head.group(1)), {})
+            continue
+        stat = _BIO_STAT.match(line)
+        if stat and current is not None:
+            current[stat.group(1).lower()] = float(stat.group(2))
+    cases = [{"index": int(m.group(1)), "passed": m.group(2) == "PASS", "stats": stats.get(int(m.group(1)))}
+             for m in _BIO_RESULT.finditer(text)]
+    if not cases:
+        failed = _BIO_FAILED.search(text)
+        why = failed.group(1) if failed else ("no 'TEST: BundleIO index[N] Test_result: PASS|FAIL' line (is the runner "
+                                              "built with bundle IO, and is the file a .bpte?)")
+        raise RunnerOutputError(f"executor_runner did not check the bundled program ({why}). Last output:\n"
+                                f"{_tail(text)}")
+    result: dict[str, Any] = {"cases": cases, "passed": all(c["passed"] for c in cases)}
+    tolerance = _BIO_TOLERANCE.search(text)
+    if tolerance:
+        result["tolerance"] = {"rtol": float(tolerance.group(1)), "atol": float(tolerance.group(2))}
     return result

@@ -26,7 +26,7 @@ def cmd_verify(args) -> int:
     document = verify_on_device(args.bundle, device=args.device, artifacts=args.artifact or None,
                                 backend=args.backend, threads=args.threads, remote_python=args.remote_python,
                                 ssh_key=args.ssh_key, ssh_options=args.ssh_option, report_dir=args.report_dir,
-                                note=(lambda m: None) if args.quiet else print)
+                                note=(lambda m: None) if args.quiet else print, bpte_runner=args.bpte_runner)
     print(format_result(document))
     return EXIT_OK if document["passed"] else EXIT_PARITY
 
@@ -65,6 +65,9 @@ def add_parser(sub) -> None:
     v.add_argument("--backend", help="runtime backend on the device (default: the first installed)")
     v.add_argument("--threads", type=int, help="CPU threads for the runtime")
     v.add_argument("--report-dir", metavar="DIR", help="write the figures as JSON into DIR (the report folder)")
+    v.add_argument("--bpte-runner", metavar="PATH_ON_DEVICE",
+                   help="also run ExecuTorch's executor_runner (built with bundle IO) at this path on the device on "
+                        "each .pte's .bpte, and judge its Test_result: PASS/FAIL lines")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
     add_verify_device_args(v)
     v.set_defaults(func=cmd_verify)

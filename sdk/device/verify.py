@@ -22,6 +22,15 @@ written into `report_dir`, where `pocketformer report` shows it beside the devic
 
 An emulated board (its CPU says "emulated", see scripts/arm64_board.sh) is recorded as such: its timings are
 "emulation", not device timings, and reports keep them apart.
+
+ExecuTorch's own check (`bpte_runner=`, `--bpte-runner PATH_ON_DEVICE`): the bundle holds a BundledProgram `.bpte`
+per `.pte` (its test cases: the samples and the host's outputs). Given the path of an `executor_runner` built with
+bundle IO on the device, each chosen `.pte`'s `.bpte` is copied there and run over the same transport
+(`RUNNER --model_path=X.bpte --bundleio_rtol=0 --bundleio_atol=A`), and its `Test_result: PASS/FAIL` lines are
+parsed (`device_runtime.remote.parsers.parse_bundle_io`) into the artifact's "bundle_io" and verdict. The model's
+bound (max abs error within atol, or rtol times the expected output's largest magnitude) is passed as the runner's
+atol with rtol 0, since ExecuTorch's check is elementwise |out - expected| <= atol + rtol * |expected|. The portable
+runner checks test case 0 only (the first sample); the report says how many cases the .bpte holds.
 """
 from __future__ import annotations
 
@@ -38,7 +47,7 @@ import numpy as np
 
 from device_runtime import atomic
 from device_runtime.bundle import BEGIN, END, Bundle, open_bundle, read_outputs, run_artifact
-from device_runtime.errors import EXIT_PARITY, PocketformerError
+from device_runtime.errors import EXIT_PARITY, PocketformerError, UsageError
 
 SCHEMA = "pocketformer.device-verify/1"
 
@@ -70,8 +79,81 @@ def _run_local(bundle: Bundle, files, backend, threads):
     return outputs, runs, _machine()
 
 
+def bpte_tolerance(bundle: Bundle, artifact: dict[str, Any]) -> float:
+    """The runner's atol for an artifact: the model's bound on test case 0 (the first sample's expected outputs)."""
+    tolerance = artifact["tolerance"]
+    scale = max(float(np.abs(o).max()) if o.size else 0.0
+                for o in bundle.expected(artifact, bundle.samples[0]["id"]))
+    return max(float(tolerance.get("atol") or 0.0), float(tolerance.get("rtol") or 0.0) * scale)
+
+
+def _bpte_jobs(bundle: Bundle, chosen, files) -> list[tuple[str, Path | None, float]]:
+    """(artifact file, its .bpte in the bundle or None, atol) of each chosen .pte."""
+    return [(file, (bundle.root / f"{Path(file).stem}.bpte") if (bundle.root / f"{Path(file).stem}.bpte").is_file()
+             else None, bpte_tolerance(bundle, artifact))
+            for artifact, file in zip(chosen, files) if file.endswith(".pte")]
+
+
+def bpte_command(runner: str, bpte: str, atol: float) -> list[str]:
+    return [runner, f"--model_path={bpte}", "--bundleio_rtol=0", f"--bundleio_atol={atol:.9g}"]
+
+
+def _bundle_io(jobs, run_one, runner: str, cases: int) -> dict[str, dict[str, Any]]:
+    """{artifact: the runner's verdict}: `run_one(bpte, atol)` -> (exit code, output text) runs it on the device."""
+    from device_runtime.remote.parsers import RunnerOutputError, parse_bundle_io
+
+    results = {}
+    for file, bpte, atol in jobs:
+        record: dict[str, Any] = {"runner": runner, "bpte": bpte.name if bpte else None, "atol": atol, "rtol": 0.0,
+                                  "test_cases_in_bpte": cases}
+        if bpte is None:
+            record.update(passed=False, error=f"the bundle holds no .bpte for {file} (bundle it where ExecuTorch's "
+                                              f"devtools import)")
+        else:
+            code, text = run_one(bpte, atol)
+            record["exit_code"] = code
+            try:
+                record.update(parse_bundle_io(text))
+            except RunnerOutputError as exc:
+                record.update(passed=False, error=str(exc))
+        results[file] = record
+    return results
+
+
+def _run_bpte_local(jobs, runner: str, cases: int, timeout: float) -> dict[str, dict[str, Any]]:
+    import subprocess
+
+    def run_one(bpte: Path, atol: float):
+        try:
+            result = subprocess.run(bpte_command(runner, str(bpte), atol), capture_output=True, text=True,
+                                    timeout=timeout)
+        except FileNotFoundError:
+            raise UsageError(f"no such bundle-IO runner: {runner}") from None
+        return result.returncode, (result.stdout or "") + (result.stderr or "")
+
+    return _bundle_io(jobs, run_one, runner, cases)
+
+
+def _run_bpte_remote(transport, workdir: str, jobs, runner: str, cases: int, timeout: float, note):
+    present = [bpte for _, bpte, _ in jobs if bpte is not None]
+    if present:
+        note(f"copying {len(present)} .bpte file(s) to {transport.label}:{workdir}")
+        transport.push(present, workdir)
+
+    def run_one(bpte: Path, atol: float):
+        note(f"running {runner} on {bpte.name} on {transport.label}")
+        args = bpte_command(runner, f"{workdir}/{bpte.name}", atol)
+        result = transport.run(" ".join(shlex.quote(a) for a in args) + " 2>&1", timeout=timeout)
+        if result.returncode == 127:
+            raise UsageError(f"{transport.label} cannot execute {runner} (exit 127: not there, wrong architecture "
+                             f"or missing libraries?): {(result.stdout or '')[-500:]}")
+        return result.returncode, (result.stdout or "") + (result.stderr or "")
+
+    return _bundle_io(jobs, run_one, runner, cases)
+
+
 def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, ssh_key, ssh_options, adb,
-                timeout, note):
+                timeout, note, bpte=None):
     from device_runtime.remote.transport import zip_package, make_transport, run_framed
 
     transport = make_transport(device, ssh_key, ssh_options, adb)
@@ -95,9 +177,10 @@ def _run_remote(bundle: Bundle, files, device, backend, threads, remote_python, 
             summary = run_framed(transport, workdir, remote_python, args, timeout, markers=(BEGIN, END))
             transport.pull(f"{workdir}/outputs.npz", tmp / "outputs.npz")
             outputs = read_outputs(tmp / "outputs.npz", bundle.output_names)
+        bundle_io = _run_bpte_remote(transport, workdir, *bpte, timeout, note) if bpte else {}
     finally:
         transport.cleanup(workdir)
-    return outputs, summary["artifacts"], {**summary.get("machine", {}), "device": transport.label}
+    return outputs, summary["artifacts"], {**summary.get("machine", {}), "device": transport.label}, bundle_io
 
 
 def _latency(run_ms: Sequence[float]) -> dict[str, Any]:
@@ -141,7 +224,7 @@ def verify_on_device(bundle: str | Path, device: str = "local", artifacts: Seque
                      backend: str | None = None, threads: int | None = None, remote_python: str = "python3",
                      ssh_key: str | None = None, ssh_options: Sequence[str] = (), adb: str = "adb",
                      report_dir: str | Path | None = None, timeout: float = 1800,
-                     note: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     note: Callable[[str], None] | None = None, bpte_runner: str | None = None) -> dict[str, Any]:
     """Run a bundle on `device` and judge its outputs against the host's; see the module docstring."""
     note = note or (lambda message: None)
     device = (device or "local").strip()
@@ -149,12 +232,17 @@ def verify_on_device(bundle: str | Path, device: str = "local", artifacts: Seque
         files = list(artifacts or [PurePosixPath(a["file"]).name for a in opened.artifacts])
         chosen = [opened.artifact(f) for f in files]  # refuses a name the bundle does not hold
         files = [PurePosixPath(a["file"]).name for a in chosen]
+        jobs = _bpte_jobs(opened, chosen, files) if bpte_runner else []
+        if bpte_runner and not jobs:
+            raise UsageError("--bpte-runner checks .pte artifacts; none of the chosen ones is a .pte")
         if device == "local":
             outputs, runs, machine = _run_local(opened, files, backend, threads)
+            bundle_io = _run_bpte_local(jobs, bpte_runner, len(opened.samples), timeout) if jobs else {}
             label = "local"
         else:
-            outputs, runs, machine = _run_remote(opened, files, device, backend, threads, remote_python, ssh_key,
-                                                 ssh_options, adb, timeout, note)
+            outputs, runs, machine, bundle_io = _run_remote(
+                opened, files, device, backend, threads, remote_python, ssh_key, ssh_options, adb, timeout, note,
+                bpte=(jobs, bpte_runner, len(opened.samples)) if jobs else None)
             label = machine.pop("device")
         emulated = emulation(machine)
         results = []
@@ -167,6 +255,13 @@ def verify_on_device(bundle: str | Path, device: str = "local", artifacts: Seque
                                     "note": "one run per sample, cold caches: a sanity figure; use bench for "
                                             "latency" + (f"; timed under {emulated}, not a device timing"
                                                          if emulated else "")})
+            if file in bundle_io:
+                figures["bundle_io"] = checked = bundle_io[file]
+                if not checked["passed"]:
+                    figures["passed"] = False
+                    figures.setdefault("failures", []).append(
+                        "ExecuTorch's executor_runner (bundle IO): " + (checked.get("error") or ", ".join(
+                            f"test case {c['index']} FAIL" for c in checked["cases"] if not c["passed"])))
             results.append(figures)
         document = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "device": label, "emulated": emulated, "machine": machine, "bundle": str(bundle),
@@ -196,6 +291,11 @@ def format_result(document: dict[str, Any]) -> str:
         lines.append(f"  {r['file'][:23]:<24}{str(r.get('backend'))[:15]:<16}{f(host.get('max_abs_err'), '16.3g')}"
                      f"{f(host.get('sqnr_db'), '9.1f')}{f(host.get('cosine'), '9.6f')}"
                      f"{f(host.get('top1_agreement'), '7.2f')}{f(ref.get('max_abs_err'), '20.3g')}  {verdict}")
+        checked = r.get("bundle_io")
+        if checked:
+            cases = ", ".join(f"case {c['index']} {'PASS' if c['passed'] else 'FAIL'}" for c in checked.get("cases", []))
+            lines.append(f"    executor_runner bundle IO ({checked.get('bpte')}, atol {checked['atol']:.3g}): "
+                         f"{cases or checked.get('error')} (of {checked['test_cases_in_bpte']} in the .bpte)")
     if document.get("written"):
         lines.append(f"  written {document['written']}")
     return "\n".join(lines)
