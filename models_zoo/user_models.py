@@ -8,7 +8,10 @@ A folder holding `config.json` is a model (`pocketformer export PATH --to pte`, 
   family (TinyBERT's recipe), `DistilBertForSequenceClassification` to DistilBERT's, a bare `BertModel` to the
   sentence-embedding recipe (all-MiniLM-L6-v2's: the attention-mask mean of the last hidden states). The dims come
   from the config, the head size and label names from `id2label`, the tokenizer from the folder's `vocab.txt` (or
-  its `tokenizer.json`), the lower-casing and maximum length from `tokenizer_config.json`.
+  its `tokenizer.json`), the lower-casing and maximum length from `tokenizer_config.json`. Image classifiers
+  (`MobileViTForImageClassification`, `DeiTForImageClassification[WithTeacher]`, `ViTForImageClassification`)
+  are transformers' own model from the folder with the vision families' recipe, their labels from `id2label`
+  and their preprocessing from `preprocessor_config.json` (`models_zoo.hf_vision`).
 - timm (`config.json` with `architecture`, `num_classes`, `pretrained_cfg`): the zoo's spec of that architecture
   with the folder's class count, label names (`label_names`) and preprocessing (input size, mean/std, crop,
   interpolation from `pretrained_cfg`).
@@ -31,6 +34,7 @@ from typing import Any
 
 from device_runtime.errors import UsageError
 from models_zoo.errors import WeightsError
+from models_zoo.hf_vision import HF_VISION, vision_spec
 from models_zoo.spec import ModelSpec, register_resolver
 
 # Hugging Face architectures (config.json "architectures") and the zoo recipe each maps to.
@@ -64,7 +68,7 @@ def supported_architectures() -> list[str]:
 
     timm = sorted({get_model(n).timm_name for n in list_models() if isinstance(get_model(n), TimmVisionSpec)
                    and get_model(n).timm_name})
-    return [*HF_TEXT, *(f"timm:{t}" for t in timm)]
+    return [*HF_TEXT, *HF_VISION, *(f"timm:{t}" for t in timm)]
 
 
 def spec_from_folder(path: str | Path) -> ModelSpec:
@@ -94,7 +98,8 @@ def _refuse(path: Path, found: str) -> UsageError:
 def _hf_folder(path: Path, raw: dict) -> ModelSpec:
     architectures = raw.get("architectures") or []
     kind = next((HF_TEXT[a] for a in architectures if a in HF_TEXT), None)
-    if kind is None:
+    vision = next((a for a in architectures if a in HF_VISION), None)
+    if kind is None and vision is None:
         raise _refuse(path, ", ".join(architectures) or f"(none; model_type {raw.get('model_type', '?')})")
     from transformers import AutoConfig
 
@@ -102,6 +107,8 @@ def _hf_folder(path: Path, raw: dict) -> ModelSpec:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises ValueError/OSError/KeyError for configs it cannot read
         raise UsageError(f"transformers cannot read {path / 'config.json'}: {type(exc).__name__}: {exc}") from None
+    if kind is None:
+        return vision_spec(path, config, vision, _id2label(config), _name(path))
     labels = _id2label(config) if kind != "embedding" else None
     keys = DISTILBERT_KEYS if kind == "distilbert" else BERT_KEYS
     dims = {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}

@@ -211,3 +211,132 @@ def test_a_users_folder_verifies_on_the_emulated_arm64_board_with_its_own_labels
     assert main(["run", str(out / "sentiment_3" / "fp32" / "model.tflite"), "--text", sentence]) == EXIT_OK
     printed = capsys.readouterr().out
     assert f"1. {top} " in printed and all(label in printed for label in LABELS.values()), printed
+
+
+# -- Hugging Face image classifiers (MobileViT, DeiT, ViT) ------------------------------------------------------
+PHOTO_LABELS = {0: "cat", 1: "cup", 2: "rocket"}
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    """Tiny MobileViT, ViT and DeiT (with teacher) classifiers, saved with save_pretrained beside the image
+    processor each would be used with; also the models themselves, to check the folder loads their weights."""
+    import torch
+    from transformers import (DeiTConfig, DeiTForImageClassificationWithTeacher, DeiTImageProcessor,
+                              MobileViTConfig, MobileViTForImageClassification, MobileViTImageProcessor, ViTConfig,
+                              ViTForImageClassification, ViTImageProcessor)
+
+    root = tmp_path_factory.mktemp("hf-vision")
+    labels = dict(num_labels=3, id2label=PHOTO_LABELS, label2id={v: k for k, v in PHOTO_LABELS.items()})
+    vit_dims = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    made = {
+        "photos-mvit": (MobileViTForImageClassification(MobileViTConfig(
+            image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], hidden_sizes=[16, 24, 32],
+            num_attention_heads=2, **labels)),
+            MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})),
+        "photos-vit": (ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, **vit_dims, **labels)),
+                       ViTImageProcessor(size={"height": 32, "width": 32})),
+        "photos-deit": (DeiTForImageClassificationWithTeacher(DeiTConfig(image_size=64, patch_size=16, **vit_dims,
+                                                                          **labels)),
+                        DeiTImageProcessor(size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64},
+                                           image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])),
+    }
+    torch.manual_seed(0)
+    for name, (model, processor) in made.items():
+        # Explicit init: transformers v5 models built from a bare config can give ~1e-40 outputs (DESIGN §2), and
+        # small normal weights (std 0.1-0.3) left the tiny MobileViT's logits the same for every photo (the input
+        # fades stage by stage). He init with unit norms and zero biases keeps it: logits differ photo to photo.
+        for p_name, p in model.named_parameters():
+            if p.dim() > 1:
+                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
+            else:
+                torch.nn.init.ones_(p) if p_name.endswith("weight") else torch.nn.init.zeros_(p)
+        model.eval().save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+    return root, {name: model for name, (model, _) in made.items()}
+
+
+def test_hugging_face_image_folders_are_read_with_their_own_preprocessing(image_folders):
+    import torch
+    from PIL import Image
+    from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+
+    from models_zoo.data import photo_paths, preprocess_image
+    from models_zoo.user_models import supported_architectures
+
+    root, models = image_folders
+    assert {"MobileViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
+            "ViTForImageClassification"} <= set(supported_architectures())
+    mvit, vit, deit = (get_model(str(root / n)) for n in ("photos-mvit", "photos-vit", "photos-deit"))
+    assert (mvit.family, vit.family, deit.family) == ("mobilevit", "vit", "deit")
+    assert all(s.labels() == ["cat", "cup", "rocket"] and s.int8_scheme == "static" for s in (mvit, vit, deit))
+    # MobileViT: short side to 72, centre crop 64, /255, no normalisation; the RGB->BGR flip is in the graph.
+    prep = mvit.preprocessing()
+    assert prep["size"] == [64, 64] and int(64 / prep["crop_pct"]) == 72 and prep["interpolation"] == "bicubic"
+    assert prep["mean"] == [0.0] * 3 and prep["std"] == [1.0] * 3 and "BGR" in mvit.describe()["channel_order"]
+    # ... which is transformers' own (Pillow) processor, pixel for pixel, once flipped to its BGR.
+    processor = MobileViTImageProcessorPil.from_pretrained(str(root / "photos-mvit"))
+    for photo in photo_paths()[:2]:
+        theirs = processor(Image.open(photo).convert("RGB"), return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(preprocess_image(photo, prep)[:, ::-1], theirs)
+    assert vit.preprocessing() == {"kind": "image", "size": [32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
+                                   "mean": [0.5] * 3, "std": [0.5] * 3}
+    prep = deit.preprocessing()
+    assert prep["size"] == [64, 64] and int(64 / prep["crop_pct"]) == 72 and prep["interpolation"] == "bicubic"
+    assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
+    assert "stretches each image to 72x72" in deit.describe()["preprocessing_note"]
+    # The folder's weights, not a fresh init: the built module gives the saved model's logits (with spread).
+    for spec, name in ((mvit, "photos-mvit"), (vit, "photos-vit"), (deit, "photos-deit")):
+        module = spec.build()
+        feeds = [torch.from_numpy(f["pixel_values"]) for f in spec.sample_inputs()]
+        with torch.no_grad():
+            ours = torch.cat([module(x) for x in feeds])
+            theirs = torch.cat([models[name](pixel_values=x.flip(1) if spec is mvit else x).logits for x in feeds])
+        assert ours.shape == (6, 3) and float(ours.std(0).min()) > 1e-3, (name, ours)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert module.pocketformer_weights["source"] == "checkpoint"
+
+
+def test_hugging_face_image_folders_export_verify_and_run_with_their_labels(image_folders, tmp_path, capsys):
+    from device_runtime.bundle import open_bundle
+    from models_zoo.data import photo_paths
+    from sdk.device.bundles import write_bundle
+
+    root, _ = image_folders
+    out = tmp_path / "out"
+    # DeiT's export is ViT's (same layers; its distillation head is checked in the test above): left out for time.
+    for name, formats in (("photos-mvit", "onnx"), ("photos-vit", "onnx,tflite")):
+        assert main(["export", str(root / name), "--to", formats, "--out", str(out), "--quiet"]) == EXIT_OK, name
+        report = json.loads((out / name.replace("-", "_") / "fp32" / "report.json").read_text())
+        assert report["model"]["labels"] == ["cat", "cup", "rocket"]
+        assert {e["format"] for e in report["artifacts"].values()} == set(formats.split(","))
+        assert all(e["parity"]["passed"] and e["weights"]["source"] == "checkpoint"
+                   for e in report["artifacts"].values()), report["artifacts"]
+    capsys.readouterr()
+    assert main(["run", str(out / "photos_mvit" / "fp32" / "model.onnx"), "--image", str(photo_paths()[0])]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in ("cat", "cup", "rocket")), printed
+    bundle = write_bundle([out / "photos_vit" / "fp32"], tmp_path / "vit.bundle")
+    with open_bundle(bundle) as b:
+        assert (b.root / "labels.txt").read_text().split("\n")[:3] == ["cat", "cup", "rocket"]
+
+
+def test_a_preprocessor_config_that_cannot_be_honoured_is_refused(image_folders, tmp_path):
+    root, _ = image_folders
+    for field_name, value, match in (("resample", 0, "resample is 0"), ("do_resize", False, "do_resize is false")):
+        folder = tmp_path / field_name
+        shutil.copytree(root / "photos-mvit", folder)
+        config = json.loads((folder / "preprocessor_config.json").read_text())
+        (folder / "preprocessor_config.json").write_text(json.dumps({**config, field_name: value}))
+        with pytest.raises(UsageError, match=f"preprocessor_config.json: {match}.*cannot honour it"):
+            get_model(str(folder))
+    # A ViT whose crop is not the grid its position embeddings were trained on.
+    folder = tmp_path / "vit-48"
+    shutil.copytree(root / "photos-vit", folder)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**config, "size": {"height": 48, "width": 48}}))
+    with pytest.raises(UsageError, match=r"size gives 48x48 images; the model takes 32x32"):
+        get_model(str(folder))
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(UsageError, match="has no preprocessor_config.json"):
+        get_model(str(folder))
