@@ -184,14 +184,11 @@ def test_a_users_folder_verifies_on_the_emulated_arm64_board_with_its_own_labels
         pytest.skip("qemu-aarch64-static is not installed (Debian: apt-get install qemu-user-static; .ci/run does)")
     if not (BOARD / "READY").is_file():
         pytest.skip(f"no emulated arm64 board at {BOARD}: build it with scripts/arm64_board.sh (.ci/run does)")
-    python = BOARD / "bin" / "python"
     out, bundle = tmp_path / "out", tmp_path / "sentiment.bundle.zip"
     assert main(["export", str(folders / "sentiment-3"), "--to", "tflite", "--out", str(out), "--bundle",
                  str(bundle), "--quiet"]) == EXIT_OK
     report = tmp_path / "report"
-    code = main(["verify", str(bundle), "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", "--ssh-key",
-                 sshd["key"], "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}", "--ssh-option",
-                 "StrictHostKeyChecking=yes", "--remote-python", str(python), "--report-dir", str(report), "--quiet"])
+    code = _verify_on_board(bundle, sshd, report)
     assert code == EXIT_OK, capsys.readouterr().out
     (doc,) = [json.loads(p.read_text()) for p in report.glob("device_verify-*.json")]
     assert doc["machine"]["machine"] == "aarch64" and doc["emulated"] and doc["model"] == "sentiment_3"
@@ -212,6 +209,37 @@ def test_a_users_folder_verifies_on_the_emulated_arm64_board_with_its_own_labels
     printed = capsys.readouterr().out
     assert f"1. {top} " in printed and all(label in printed for label in LABELS.values()), printed
 
+
+
+def _verify_on_board(bundle: Path, sshd: dict, report: Path) -> int:
+    return main(["verify", str(bundle), "--device", f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", "--ssh-key",
+                 sshd["key"], "--ssh-option", f"UserKnownHostsFile={sshd['known_hosts']}", "--ssh-option",
+                 "StrictHostKeyChecking=yes", "--remote-python", str(BOARD / "bin" / "python"), "--report-dir",
+                 str(report), "--quiet"])
+
+
+@pytest.mark.slow  # the timm folder is the full-size MobileViT-XXS (a timm folder names a zoo architecture, not its
+# tiny variant): ~1 min with the board's emulated runs, so it runs with -m slow, not in CI
+def test_a_10_class_timm_folder_verifies_on_the_emulated_arm64_board_with_its_own_labels(folders, sshd, tmp_path,
+                                                                                          capsys):
+    if shutil.which("qemu-aarch64-static") is None or not (BOARD / "READY").is_file():
+        pytest.skip(f"no emulated arm64 board at {BOARD} or no qemu-aarch64-static (.ci/run builds both)")
+    out, bundle = tmp_path / "out", tmp_path / "digits.bundle.zip"
+    assert main(["export", str(folders / "digits-mvit"), "--to", "tflite", "--out", str(out), "--bundle",
+                 str(bundle), "--quiet"]) == EXIT_OK
+    code = _verify_on_board(bundle, sshd, tmp_path / "report")
+    assert code == EXIT_OK, capsys.readouterr().out
+    (doc,) = [json.loads(p.read_text()) for p in (tmp_path / "report").glob("device_verify-*.json")]
+    (result,) = doc["artifacts"]
+    assert doc["emulated"] and result["passed"] and result["vs_host"]["top1_agreement"] == 1.0, result
+    with __import__("device_runtime.bundle", fromlist=["open_bundle"]).open_bundle(bundle) as b:
+        assert (b.root / b.meta["labels"]).read_text().splitlines() == [f"digit {i}" for i in range(10)]
+    (artifact,) = (out).rglob("model.tflite")
+    from models_zoo.data import photo_paths
+
+    capsys.readouterr()
+    assert main(["run", str(artifact), "--image", str(photo_paths()[0])]) == EXIT_OK
+    assert "digit " in capsys.readouterr().out
 
 # -- Hugging Face image classifiers (MobileViT, DeiT, ViT) ------------------------------------------------------
 PHOTO_LABELS = {0: "cat", 1: "cup", 2: "rocket"}

@@ -16,22 +16,20 @@ The bundle is written whole or not at all (`device_runtime.atomic`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from device_runtime import atomic
-from device_runtime.bundle import BUNDLE_JSON, SCHEMA, SCHEMA_VERSION, SUMS, run_feeds
+from device_runtime.bundle import BUNDLE_JSON, SCHEMA, SCHEMA_VERSION, run_feeds
 from device_runtime.errors import UsageError
 from device_runtime.manifest import MANIFEST_NAME, SCHEMA as MANIFEST_SCHEMA, SCHEMA_VERSION as MANIFEST_VERSION
 from device_runtime.manifest import load_entry, read_manifest
+from sdk.device.bundle_files import seal_and_publish, write_sums  # noqa: F401  (write_sums: public here too)
 
 
 def _artifacts_of(paths: Sequence[str | Path]) -> list[Path]:
@@ -224,23 +222,6 @@ def write_bundle(paths: Sequence[str | Path], out: str | Path, zip_: bool = Fals
         manifest = {"schema": MANIFEST_SCHEMA, "schema_version": MANIFEST_VERSION, "updated": meta["created"],
                     "model": model, "artifacts": {a["entry"]["file"]: a["entry"] for a in listed}, "failed": []}
         (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        write_sums(root)
-        with atomic.atomic_path(out) as dest:
-            if zip_:
-                with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
-                    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                        zf.write(path, path.relative_to(root).as_posix())
-            else:
-                shutil.copytree(root, dest)
+        seal_and_publish(root, out, zip_)
     note(f"bundle: {out}")
     return out
-
-
-def write_sums(root: Path) -> None:
-    """SHA256SUMS (sha256sum's format) over every other file of the bundle at `root`."""
-    lines = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel != SUMS:
-            lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {rel}\n")
-    (Path(root) / SUMS).write_text("".join(lines), encoding="utf-8")

@@ -15,18 +15,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from device_runtime import atomic
-from device_runtime.bundle import BUNDLE_JSON, SCHEMA, SCHEMA_VERSION, SUMS, run_feeds
+from device_runtime.bundle import BUNDLE_JSON, SCHEMA, SCHEMA_VERSION, run_feeds
 from device_runtime.errors import UsageError
-from device_runtime.manifest import sha256_of
 from device_runtime.pipeline import PIPELINE_JSON, read_pipeline
+from sdk.device.bundle_files import seal_and_publish
 
 DEVICE_TOLERANCE = {"atol": 1e-3}
 
@@ -94,15 +92,7 @@ def write_pipeline_bundle(folder: str | Path, out: str | Path, zip_: bool = Fals
                 "raw": {"kind": "image+question", "files": sorted(p.relative_to(dest).as_posix()
                                                                   for p in (dest / "raw").iterdir())}}
         (dest / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-        (dest / SUMS).write_text("".join(f"{sha256_of(p)}  {p.relative_to(dest).as_posix()}\n" for p in sorted(
-            dest.rglob("*")) if p.is_file()), encoding="utf-8")  # sha256sum's format, as sdk.device.bundles
-        with atomic.atomic_path(out) as final:
-            if zip_:
-                with zipfile.ZipFile(final, "w", zipfile.ZIP_DEFLATED) as zf:
-                    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
-                        zf.write(path, path.relative_to(dest).as_posix())
-            else:
-                shutil.copytree(dest, final)
+        seal_and_publish(dest, out, zip_)
     note(f"bundle: {out}")
     return out
 
