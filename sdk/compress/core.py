@@ -223,10 +223,14 @@ def to_tensors(feed: dict[str, np.ndarray], input_names: Sequence[str]):
     return [torch.from_numpy(feed[n]) for n in input_names]
 
 
-def train(student, teacher, spec, corpus: Corpus, config: TrainConfig, loss: DistillLoss,
-          after_step: Callable[[], None] | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
-    """Train `student` to match the frozen `teacher` on the corpus' training sentences. Returns the loss
-    history (one entry per logged step). `after_step` runs after each optimizer step (e.g. re-apply masks)."""
+def distill_loop(student, teacher, config: TrainConfig, params: list, batch: Callable[[int], Any],
+                 step_loss: Callable[[Any], tuple[Any, dict]], taps: Sequence = (),
+                 after_step: Callable[[], None] | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+    """The training loop every distillation recipe shares: AdamW over `params` with a linear warm-up then linear
+    decay, `batch(step)` -> the step's inputs, `step_loss(inputs)` -> (loss, its named parts), gradient clipping,
+    `after_step` after each optimizer step (e.g. re-apply masks), the loss history (one entry per logged step).
+    Seeds torch, sets the thread count, and on the way out removes `taps`, puts the student back in eval mode and
+    restores the thread count, whatever happened."""
     import torch
 
     if config.steps <= 0:
@@ -237,23 +241,15 @@ def train(student, teacher, spec, corpus: Corpus, config: TrainConfig, loss: Dis
     torch.manual_seed(config.seed)
     teacher.eval()
     student.train(config.dropout)
-    params = [p for p in student.parameters() if p.requires_grad] + loss.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warm = max(1, int(config.warmup * config.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm))))
-    student_taps, teacher_taps = Taps(student, loss.attention), Taps(teacher, loss.attention)
     history: list[dict] = []
-    stream = batches(spec, corpus.train, config.batch_size, config.max_len, seed=config.seed)
     start = time.perf_counter()
     try:
         for step in range(config.steps):
-            feed = next(stream)
-            args = to_tensors(feed, spec.input_names)
-            with torch.no_grad():
-                teacher_out = teacher(*args)
-            student_out = student(*args)
-            value, parts = loss(student_taps, teacher_taps, student_out, teacher_out, args[1])
+            value, parts = step_loss(batch(step))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             if config.clip:
@@ -270,11 +266,33 @@ def train(student, teacher, spec, corpus: Corpus, config: TrainConfig, loss: Dis
                     log(f"  step {step:4d}/{config.steps}  loss {float(value.detach()):.4f}  " +
                         "  ".join(f"{k} {v:.4f}" for k, v in parts.items()))
     finally:
-        student_taps.remove()
-        teacher_taps.remove()
+        for tap in taps:
+            tap.remove()
         student.eval()
         torch.set_num_threads(previous_threads)
     return history
+
+
+def train(student, teacher, spec, corpus: Corpus, config: TrainConfig, loss: DistillLoss,
+          after_step: Callable[[], None] | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Train `student` to match the frozen `teacher` on the corpus' training sentences. Returns the loss
+    history (one entry per logged step). `after_step` runs after each optimizer step (e.g. re-apply masks)."""
+    import torch
+
+    if config.steps <= 0:
+        return []
+    student_taps, teacher_taps = Taps(student, loss.attention), Taps(teacher, loss.attention)
+    stream = batches(spec, corpus.train, config.batch_size, config.max_len, seed=config.seed)
+
+    def step_loss(args):
+        with torch.no_grad():
+            teacher_out = teacher(*args)
+        student_out = student(*args)
+        return loss(student_taps, teacher_taps, student_out, teacher_out, args[1])
+
+    params = [p for p in student.parameters() if p.requires_grad] + loss.parameters()
+    return distill_loop(student, teacher, config, params, lambda step: to_tensors(next(stream), spec.input_names),
+                        step_loss, taps=(student_taps, teacher_taps), after_step=after_step, log=log)
 
 
 # -- measuring --------------------------------------------------------------------------------------

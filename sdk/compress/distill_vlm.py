@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_runtime.errors import UsageError
-from sdk.compress.core import COMPRESS_KEY, CompressResult, TrainConfig, agreement, layer_map, log_fn
+from sdk.compress.core import (COMPRESS_KEY, CompressResult, TrainConfig, agreement, distill_loop, layer_map,
+                               log_fn)
 from sdk.compress.vl_data import DEFAULT_DATA, VLPair, feed_rows, make_feeds, read_pairs, region_table
 
 TEACHER_KEY = "pocketformer.vlm_fusion"  # safetensors metadata: the fusion transformer's dims
@@ -253,54 +253,31 @@ def vl_agreement(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 def train_fusion(student, teacher, feeds: dict, loss: DistilVLMLoss, config: TrainConfig,
                  log=None) -> list[dict]:
     """Train `student` against the frozen `teacher` on shuffled batches of `feeds`; one history entry per logged
-    step (every step by default: the report keeps the losses per step)."""
+    step (every step by default: the report keeps the losses per step). The loop is `core.distill_loop`."""
     import torch
 
     if config.steps <= 0:
         return []
-    previous = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    params = [p for p in student.parameters() if p.requires_grad] + loss.parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warm = max(1, int(config.warmup * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm))))
     s_taps, t_taps = FusionTaps(student), FusionTaps(teacher)
-    n, order, history, start = len(feeds["input_ids"]), np.array([], dtype=int), [], time.perf_counter()
-    teacher.eval()
-    student.train(config.dropout)
-    try:
-        for step in range(config.steps):
-            if len(order) < config.batch_size:
-                order = np.concatenate([order, rng.permutation(n)])
-            index, order = torch.from_numpy(order[:config.batch_size]), order[config.batch_size:]
-            args = feed_rows(feeds, index)
-            s_taps.clear(), t_taps.clear()
-            with torch.no_grad():
-                t_logits = teacher(*args)[0]
-            s_logits = student(*args)[0]
-            valid = torch.cat([args[1], args[4]], dim=1)
-            value, parts = loss(s_taps, t_taps, s_logits, t_logits, valid)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if config.clip:
-                torch.nn.utils.clip_grad_norm_(params, config.clip)
-            optimizer.step()
-            schedule.step()
-            if step % config.log_every == 0 or step == config.steps - 1:
-                history.append({"step": step, "loss": float(value.detach()), **parts,
-                                "elapsed_s": round(time.perf_counter() - start, 2)})
-                if log:
-                    log(f"  step {step:4d}/{config.steps}  loss {float(value.detach()):.4f}  " +
-                        "  ".join(f"{k} {v:.4f}" for k, v in parts.items()))
-    finally:
-        s_taps.remove(), t_taps.remove()
-        student.eval()
-        torch.set_num_threads(previous)
-    return history
+    n, order = len(feeds["input_ids"]), np.array([], dtype=int)
+
+    def batch(step):  # an epoch's permutation, refilled as it runs out: every pair once before any twice
+        nonlocal order
+        if len(order) < config.batch_size:
+            order = np.concatenate([order, rng.permutation(n)])
+        index, order = torch.from_numpy(order[:config.batch_size]), order[config.batch_size:]
+        return feed_rows(feeds, index)
+
+    def step_loss(args):
+        s_taps.clear(), t_taps.clear()
+        with torch.no_grad():
+            t_logits = teacher(*args)[0]
+        s_logits = student(*args)[0]
+        return loss(s_taps, t_taps, s_logits, t_logits, torch.cat([args[1], args[4]], dim=1))
+
+    params = [p for p in student.parameters() if p.requires_grad] + loss.parameters()
+    return distill_loop(student, teacher, config, params, batch, step_loss, taps=(s_taps, t_taps), log=log)
 
 
 @dataclass
