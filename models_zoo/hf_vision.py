@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from device_runtime.errors import UsageError
 from models_zoo.errors import WeightsError
-from models_zoo.data import calibration_photo_paths, photo_paths, preprocess_image
 from models_zoo.spec import InputSpec, ModelSpec
-from models_zoo.timm_vision import VISION_TOLERANCES
+from models_zoo.timm_vision import VISION_TOLERANCES, PhotoFeeds
 
 # Hugging Face image-classification architectures and the zoo family whose recipe fits each.
 HF_VISION = {"MobileViTForImageClassification": "mobilevit", "DeiTForImageClassification": "deit",
@@ -47,7 +45,7 @@ RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
-class HfVisionSpec(ModelSpec):
+class HfVisionSpec(PhotoFeeds, ModelSpec):
     task: str = "image-classification"
     output_names: tuple[str, ...] = ("logits",)
     tolerances: dict = field(default_factory=lambda: dict(VISION_TOLERANCES))
@@ -66,13 +64,6 @@ class HfVisionSpec(ModelSpec):
         return {"kind": "image", **{k: (list(v) if isinstance(v, (list, tuple)) else v)
                                     for k, v in self.image_prep.items()}}
 
-    def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
-        prep = self.preprocessing()
-        return [{"pixel_values": preprocess_image(path, prep)} for path in photo_paths()]
-
-    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
-        prep = self.preprocessing()
-        return [{"pixel_values": preprocess_image(path, prep)} for path in calibration_photo_paths()]
 
     def build(self, weights: str | None = None, seed: int = 0):
         """transformers' model loaded from the folder (or from `weights`, another save_pretrained folder of the

@@ -36,8 +36,21 @@ VISION_TOLERANCES = {
 }
 
 
+class PhotoFeeds:
+    """The real photos as a vision spec's feeds, preprocessed by its own `preprocessing()`: the verification
+    photos and, disjoint from them, the calibration photos (shared by timm's and Hugging Face's image specs)."""
+
+    def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
+        prep = self.preprocessing()
+        return [{"pixel_values": preprocess_image(path, prep)} for path in photo_paths()]
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        prep = self.preprocessing()
+        return [{"pixel_values": preprocess_image(path, prep)} for path in calibration_photo_paths()]
+
+
 @dataclass(frozen=True)
-class TimmVisionSpec(ModelSpec):
+class TimmVisionSpec(PhotoFeeds, ModelSpec):
     task: str = "image-classification"
     output_names: tuple[str, ...] = ("logits",)
     tolerances: dict = field(default_factory=lambda: dict(VISION_TOLERANCES))
@@ -58,13 +71,6 @@ class TimmVisionSpec(ModelSpec):
         return {"kind": "image", "size": [self.image_size, self.image_size], "crop_pct": cfg["crop_pct"],
                 "interpolation": cfg["interpolation"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
-    def _sample_feeds(self) -> list[dict[str, np.ndarray]]:
-        prep = self.preprocessing()
-        return [{"pixel_values": preprocess_image(path, prep)} for path in photo_paths()]
-
-    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
-        prep = self.preprocessing()
-        return [{"pixel_values": preprocess_image(path, prep)} for path in calibration_photo_paths()]
 
     def labels(self) -> list[str] | None:
         if self.label_names:
