@@ -61,7 +61,8 @@ def test_run_a_bert_model_on_text(tmp_path, capsys):
     (["export", "mobilevit_xxs", "--to", "docx"], EXIT_BAD_INPUT, "unknown format 'docx'"),
     (["export", "mobilevit_xxs", "--tiny", "--to", "pte", "--weights", "/nonexistent/w.safetensors"],
      EXIT_BAD_INPUT, "weights file not found"),
-    (["export", "mobilevit_xxs", "--to", "pte", "--precision", "fp16"], EXIT_UNSUPPORTED, "does not support precision fp16"),
+    (["export", "mobilevit_xxs", "--to", "coreml", "--precision", "int8-dynamic"], EXIT_UNSUPPORTED,
+     "Core ML has no dynamic activation quantization"),
     (["run", "/nonexistent/model.pte", "--text", "hi"], EXIT_BAD_INPUT, "no such artifact"),
 ])
 def test_errors_are_one_line_with_a_trustworthy_exit_code(argv, code, message, capsys, tmp_path):

@@ -78,8 +78,8 @@ def test_compare_measures_what_it_says():
 def test_unsupported_requests_fail_before_building(tmp_path):
     from converters import UnsupportedError
 
-    with pytest.raises(UnsupportedError, match="fp16"):
-        export("q8bert", "pte", "fp16", out_dir=tmp_path)
+    with pytest.raises(UnsupportedError, match="int8-dynamic"):
+        export("q8bert", "coreml", "int8-dynamic", out_dir=tmp_path)
     assert not any(tmp_path.iterdir())
     assert get_converter("pte").unsupported_reason(None, "int8-dynamic") is None
 
