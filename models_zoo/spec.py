@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -254,10 +254,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def family_representatives() -> list[str]:
-    """One registered model per family (its first variant by name): for matrices that need each family once."""
+def family_representatives(prefer: Sequence[str] = ()) -> list[str]:
+    """One registered model per family, for matrices that need each family once: the variant named in `prefer`
+    where the family has one (a caller that already uses a variant elsewhere reuses its work), else the first
+    variant by name."""
     seen: dict[str, str] = {}
-    for name in list_models():
+    for name in [*prefer, *list_models()]:
         seen.setdefault(get_model(name).family, name)
     return sorted(seen.values())
 

@@ -21,32 +21,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT_CACHE = ROOT / ".cache" / "test-exports"  # git-ignored
-EXPORT_CACHE_KEPT = 8  # cached exports kept (most recently used first)
+# The variants most tests export: the per-family matrices take these as their families' representatives
+# (`family_representatives(prefer=SUITE_MODELS)`), so the matrix and the other tests share one cached export.
+SUITE_MODELS = ("mobilevit_xxs", "tinybert_4l_312d")
+EXPORT_CACHE_KEPT_S = 6 * 3600  # a cached export unused for this long is removed when the next run starts
 
 
 @pytest.fixture(scope="session")
-def export_tiny(tmp_path_factory):
-    """`export_tiny(model, fmt, precision, **options)` -> ExportResult, exported once per test session."""
-    from sdk.export.api import export
+def export_tiny(cached_export):
+    """`export_tiny(model, fmt, precision, **options)` -> the ExportResult of one format: `cached_export`'s, so an
+    export is made once for both xdist workers, not once per worker. Tests must not modify it (copy first)."""
 
-    root = tmp_path_factory.mktemp("exports")
-
-    @functools.lru_cache(maxsize=None)
     def run(model: str, fmt: str, precision: str | None = None, **options):
-        return export(model, fmt, precision, out_dir=root / fmt, tiny=True, **options)[0]
+        return cached_export(model, fmt, precision, **options)[0]
 
     return run
 
 
-def _export_key(args: dict) -> str:
-    """What a cached export depends on: its arguments, the SDK's sources and every installed package's version."""
-    digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode() + str(ROOT).encode())
+@functools.cache
+def _sources_digest() -> bytes:
+    """The SDK's sources and every installed package's version, read once per process (they do not change
+    during a run): what every cached export depends on besides its arguments."""
+    digest = hashlib.sha256(str(ROOT).encode())
     for package in ("converters", "device_runtime", "models_zoo", "sdk"):
         for path in sorted((ROOT / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     for dist in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
         digest.update(dist.encode() + b"\n")
+    return digest.digest()
+
+
+def _export_key(args: dict) -> str:
+    """What a cached export depends on: its arguments, the SDK's sources and every installed package's version."""
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode() + _sources_digest())
     return digest.hexdigest()[:16]
 
 
@@ -91,20 +99,24 @@ def cached_export():
                     shutil.rmtree(folder, ignore_errors=True)
                     results = export(model, formats, precision, out_dir=folder / "out", tiny=True, **options)
                     (folder / "results.pkl").write_bytes(pickle.dumps(results))  # last: marks it complete
-                    _prune_export_cache(keep=folder)
             memo[key] = results
         return memo[key]
 
     return run
 
 
-def _prune_export_cache(keep: Path) -> None:
-    """Keep the most recently used cached exports (and any being written: they have no results yet)."""
-    done = sorted((p for p in EXPORT_CACHE.glob("*/results.pkl") if p.parent != keep),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in done[EXPORT_CACHE_KEPT - 1:]:
-        shutil.rmtree(old.parent, ignore_errors=True)
-        (EXPORT_CACHE / f"{old.parent.name}.lock").unlink(missing_ok=True)
+def _prune_export_cache() -> None:
+    """Remove cached exports unused for EXPORT_CACHE_KEPT_S (a change to the sources makes new keys, so old ones
+    pile up). Only when a run starts, in the controller: during the run another worker may hold any of them."""
+    for done in EXPORT_CACHE.glob("*/results.pkl"):
+        if time.time() - done.stat().st_mtime > EXPORT_CACHE_KEPT_S:
+            shutil.rmtree(done.parent, ignore_errors=True)
+            (EXPORT_CACHE / f"{done.parent.name}.lock").unlink(missing_ok=True)
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), before any test
+        _prune_export_cache()
 
 
 # -- a real OpenSSH server on 127.0.0.1 (tests/test_remote.py, tests/test_arm64_board.py) --------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models_zoo import family_representatives
+from conftest import SUITE_MODELS
 from device_runtime.cpu import CpuInfo, parse_cpuinfo
 from sdk.measure.analysis import (analyze_model, count_flops, count_params, cpu_roofline, eager_attention,
                                   format_analysis, memory_access_cost, roofline_bound)
@@ -57,7 +58,7 @@ def test_fused_attention_is_counted_eagerly():
     assert eager["flops"] - fused["flops"] == 2 * (2 * 10 * 10 * 16 * 2)
 
 
-@pytest.mark.parametrize("name", family_representatives())
+@pytest.mark.parametrize("name", family_representatives(prefer=SUITE_MODELS))
 def test_zoo_models_analysis(name):
     row = analyze_model(name, tiny=True)
     assert row["params"] > 0 and row["flops"] > 0 and row["mac_bytes"] > row["weights_read_bytes"] > 0

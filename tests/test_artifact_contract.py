@@ -33,6 +33,10 @@ def test_readme_python_api_runs_as_written_twice_in_one_process(tmp_path):
     block = _readme_python_api_block().replace("mobilevit_xxs", "mobilevit_xxs-tiny")
     assert 'precision="int8"' in block and "/int8/" in block
     block = block.replace('precision="int8"', 'precision="fp32"').replace("/int8/", "/fp32/")
+    # The block loads the .pte only; its .tflite is exported by other tests (a second format here only doubles
+    # the two exports this test makes).
+    assert 'formats=["pte", "tflite"]' in block
+    block = block.replace('formats=["pte", "tflite"]', 'formats=["pte"]')
     assert "sdk.export(" in block and "device_runtime.load(" in block
     script = tmp_path / "readme_block.py"
     script.write_text(f"BLOCK = {block!r}\nfor _ in range(2):\n    exec(compile(BLOCK, 'README', 'exec'), {{}})\n"
@@ -76,18 +80,18 @@ def test_a_failed_reexport_keeps_the_passing_entry_and_artifact(tmp_path, monkey
     from sdk.export.api import export
     from test_pipeline import PerturbedConverter
 
-    good = export("mobilevit_xxs", "pte", "fp32", out_dir=tmp_path, tiny=True)[0]
-    before = json.loads(good.report_path.read_text())["artifacts"]["model.pte"]
+    good = export("mobilevit_xxs", "onnx", "fp32", out_dir=tmp_path, tiny=True)[0]
+    before = json.loads(good.report_path.read_text())["artifacts"]["model.onnx"]
     bytes_before = good.path.read_bytes()
 
     class Miscompiling(PerturbedConverter):
-        format = "pte"
+        format = "onnx"
 
-    monkeypatch.setitem(base._CONVERTERS, "pte", Miscompiling())
+    monkeypatch.setitem(base._CONVERTERS, "onnx", Miscompiling())
     with pytest.raises(ParityError):
-        export("mobilevit_xxs", "pte", "fp32", out_dir=tmp_path, tiny=True)
+        export("mobilevit_xxs", "onnx", "fp32", out_dir=tmp_path, tiny=True)
     after = json.loads(good.report_path.read_text())
-    assert after["artifacts"]["model.pte"] == before and good.path.read_bytes() == bytes_before
+    assert after["artifacts"]["model.onnx"] == before and good.path.read_bytes() == bytes_before
     assert after["failed"][-1]["error"] == "ParityError" and after["failed"][-1]["parity"]["passed"] is False
     manifest.load_entry(good.path)  # still matches its hash
 
@@ -105,7 +109,7 @@ def test_the_entry_is_written_only_once_the_artifact_is_in_place(tmp_path, monke
         return real(folder, model, entry)
 
     monkeypatch.setattr(manifest, "record_artifact", record)
-    export("mobilevit_xxs", "pte", "fp32", out_dir=tmp_path, tiny=True)
+    export("mobilevit_xxs", "onnx", "fp32", out_dir=tmp_path, tiny=True)
     assert seen == [True]
 
 

@@ -32,8 +32,9 @@ from converters.ascend.precheck import UnsupportedOperatorError, load_op_table, 
 from device_runtime.backends.ascend import OM_HEADER_LEN, OM_MAGIC_BYTES, read_om_header  # noqa: E402
 from models_zoo import InputSpec, ModelSpec, Tolerance, get_model  # noqa: E402
 from models_zoo import family_representatives  # noqa: E402
+from conftest import SUITE_MODELS
 
-FAMILIES = family_representatives()
+FAMILIES = family_representatives(prefer=SUITE_MODELS)
 # A BERT-family model with token types (DistilBERT has none), so all three inputs get a sequence profile.
 BERT = next(m for m in FAMILIES if get_model(m).int8_scheme == "dynamic" and get_model(m).use_token_type_ids)
 VISION = next(m for m in FAMILIES if get_model(m).int8_scheme == "static")

@@ -23,14 +23,11 @@ FORMATS = ["pte", "tflite"]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """({format: multi-batch ExportResult}, {format: single-batch ExportResult}), one build each."""
-    from sdk import export
-
-    out = tmp_path_factory.mktemp("batch-buckets")
-    multi = export(MODEL, FORMATS, "fp32", out, tiny=True, batch_sizes=",".join(map(str, SIZES)))
-    single = export(MODEL, FORMATS, "fp32", out, tiny=True)
-    return {r.format: r for r in multi}, {r.format: r for r in single}
+def exported(cached_export, export_tiny):
+    """({format: multi-batch ExportResult}, {format: single-batch ExportResult}), one build each; the single-batch
+    exports are the tiny fp32 ones other modules use too."""
+    multi = cached_export(MODEL, FORMATS, "fp32", batch_sizes=",".join(map(str, SIZES)))
+    return {r.format: r for r in multi}, {fmt: export_tiny(MODEL, fmt, "fp32") for fmt in FORMATS}
 
 
 @pytest.fixture(scope="module")

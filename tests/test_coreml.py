@@ -22,6 +22,7 @@ import device_runtime
 from models_zoo import family_representatives
 from converters import UnsupportedError, get_converter, resolve_precision
 from models_zoo import InputSpec, ModelSpec, Tolerance, get_model
+from conftest import SUITE_MODELS
 
 CONVERTER = get_converter("coreml")
 pytestmark = pytest.mark.skipif(CONVERTER.missing_toolchain() is not None,
@@ -53,7 +54,7 @@ def _proto(path):
 
 # -- every family: convert, validate, report ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", family_representatives())
+@pytest.mark.parametrize("name", family_representatives(prefer=SUITE_MODELS))
 def test_every_family_converts_validates_and_reports(export_tiny, name):
     result = export_tiny(name, "coreml", "fp16")
     spec = get_model(name, tiny=True)
@@ -318,7 +319,7 @@ def test_unknown_target_and_compression_are_refused_with_choices(export_tiny):
 
 
 def test_validation_catches_a_package_that_does_not_match_the_spec(export_tiny):
-    result = export_tiny("mobilevit_s", "coreml", "fp16")
+    result = export_tiny("mobilevit_xxs", "coreml", "fp16")
     other = get_model("efficientformer_l1", tiny=True)  # 224x224 input, the package takes 64x64
     with pytest.raises(_coreml().CoreMLValidationError, match=r"default shape \[1, 3, 64, 64\]"):
         _coreml().validate_package(result.path, other)
@@ -373,7 +374,7 @@ def test_verify_reason_off_macos():
 # -- the runtime backend -----------------------------------------------------------------------------------
 
 def test_sniffing_knows_a_package_by_its_manifest(tmp_path, export_tiny):
-    result = export_tiny("mobilevit_s", "coreml", "fp16")
+    result = export_tiny("mobilevit_xxs", "coreml", "fp16")
     assert device_runtime.sniff_format(result.path) == "coreml"
     fake = tmp_path / "fake.mlpackage"
     fake.mkdir()
@@ -384,7 +385,7 @@ def test_sniffing_knows_a_package_by_its_manifest(tmp_path, export_tiny):
 
 @pytest.mark.skipif(ON_MAC, reason="on macOS Core ML can predict; this checks the Linux refusal")
 def test_load_off_macos_fails_saying_core_ml_needs_macos(export_tiny):
-    result = export_tiny("mobilevit_s", "coreml", "fp16")
+    result = export_tiny("mobilevit_xxs", "coreml", "fp16")
     with pytest.raises(device_runtime.BackendUnavailableError, match=NOT_ON_MAC):
         device_runtime.load(result.path)
     with pytest.raises(device_runtime.BackendUnavailableError, match=NOT_ON_MAC):
@@ -394,7 +395,7 @@ def test_load_off_macos_fails_saying_core_ml_needs_macos(export_tiny):
 
 
 @mac_only
-@pytest.mark.parametrize("name", family_representatives())
+@pytest.mark.parametrize("name", family_representatives(prefer=SUITE_MODELS))
 def test_macos_parity_through_the_session_api(export_tiny, name):
     spec = get_model(name, tiny=True)
     for precision in ("fp32", "fp16"):

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from converters import atomic_path, base, get_converter
-from converters.executorch import ExecuTorchConverter
+from converters.onnx import OnnxConverter
 from sdk.export.api import export
 from converters.parity import DegenerateReferenceError, ParityError, check_spread, compare
 
 
-class PerturbedConverter(ExecuTorchConverter):
-    """Exports a copy of the model with noisy weights: a stand-in for a toolchain that miscompiles."""
+class PerturbedConverter(OnnxConverter):
+    """Exports a copy of the model with noisy weights: a stand-in for a toolchain that miscompiles. ONNX: the
+    pipeline's guarantees do not depend on the format, and its export is the quickest."""
 
-    format = "pte-perturbed"
+    format = "onnx-perturbed"
 
     def convert(self, module, spec, precision, calibration, path, **options):
         noisy = copy.deepcopy(module)
@@ -30,16 +31,16 @@ class PerturbedConverter(ExecuTorchConverter):
 
 
 def test_a_miscompiled_artifact_fails_parity_and_is_not_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(base._CONVERTERS, "pte-perturbed", PerturbedConverter())
+    monkeypatch.setitem(base._CONVERTERS, "onnx-perturbed", PerturbedConverter())
     with pytest.raises(ParityError, match="max abs error"):
-        export("mobilevit_xxs", "pte-perturbed", "fp32", out_dir=tmp_path, tiny=True)
+        export("mobilevit_xxs", "onnx-perturbed", "fp32", out_dir=tmp_path, tiny=True)
     folder = tmp_path / "mobilevit_xxs-tiny" / "fp32"
-    assert not (folder / "model.pte").exists()
+    assert not (folder / "model.onnx").exists()
     assert [p.name for p in folder.iterdir()] == ["report.json"]  # no temporary leftovers
     report = json.loads((folder / "report.json").read_text())
     assert report["artifacts"] == {}  # a failed attempt is kept apart, never as an artifact entry
     failed = report["failed"][-1]
-    assert failed["file"] == "model.pte" and failed["error"] == "ParityError"
+    assert failed["file"] == "model.onnx" and failed["error"] == "ParityError"
     assert failed["parity"]["passed"] is False and failed["parity"]["failures"]
 
 
@@ -94,8 +95,8 @@ def test_user_calibration_data_is_used_and_reported(tmp_path):
     for i, path in enumerate(photo_paths()[:3]):
         Image.open(path).convert("RGB").save(images / f"{i}.jpg")
     (images / "notes.txt").write_text("not an image")
-    result = export("mobilevit_xxs", "pte", "int8", out_dir=tmp_path / "out", tiny=True, calibration=images)[0]
-    entry = json.loads(result.report_path.read_text())["artifacts"]["model.pte"]
+    result = export("mobilevit_xxs", "onnx", "int8", out_dir=tmp_path / "out", tiny=True, calibration=images)[0]
+    entry = json.loads(result.report_path.read_text())["artifacts"]["model.onnx"]
     assert entry["calibration"] == {"source": str(images), "samples": 3}
     assert result.passed
 
