@@ -347,6 +347,19 @@ class ExecuTorchConverter(Converter):
 
         return self._program(module, specs, precision, calibration, path, rewrite, SEQUENCE, fp16_io)
 
+    def convert_packed_rows(self, module, specs, precision, calibration, path: Path, rewrite: bool = True,
+                            fp16_io: bool = False) -> Conversion:
+        """Packed entry points in several row lengths (`export --pack 32x4,64x8,128x16`): one method per row
+        length (`pack<N>`) and `forward` = the longest, the weights stored once, as for lengths. `specs` and
+        `calibration` are keyed by row length; `module` serves every row length (its output has the segment
+        count of the row length it is traced at)."""
+        from device_runtime.buckets import PACKED
+        from device_runtime.packing import packed_rows_details
+
+        conversion = self._program(module, specs, precision, calibration, path, rewrite, PACKED, fp16_io)
+        conversion.details["buckets"] = packed_rows_details({n: s.packing[1] for n, s in specs.items()})
+        return conversion
+
     multi_batch = True
 
     def convert_batches(self, module, spec, precision, calibration, path: Path, rewrite: bool = True,

@@ -13,6 +13,12 @@ queue with `max_queue_size`) and Ray Serve's `@serve.batch(max_batch_size, batch
 - `close()` (or leaving a `with` block) stops intake and drains the queue (`drain=True`) or cancels what has
   not started (`drain=False`: those futures are cancelled); batches already running finish.
 
+A `run_batch` carrying `schedule` and `size_of` (`device_runtime.packing.packed_batch_runner` on an artifact with
+several packed row lengths, or given a cost table) decides its own batches instead: the Batcher sizes each
+request with `size_of` on arrival and asks `schedule(sizes, **state)` (`device_runtime.scheduling.choose`) how
+many of the oldest to run now or how long to wait, still never past `max_queue_delay_ms` nor above
+`max_batch_size`.
+
 `run_batch(list_of_feeds) -> list_of_outputs` is any callable; an exception raised fails every request of the
 batch, an exception returned in a request's slot fails that request alone. `session_batch_runner(session_or_pool)` adapts
 a `Session` or `SessionPool`: where every input and output has a dynamic (or matching) axis 0, feeds are
@@ -30,6 +36,7 @@ Numpy and the standard library only.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from concurrent.futures import Future
@@ -44,12 +51,13 @@ METRICS_WINDOW = 10_000  # latency samples kept per metric (a sliding window: bo
 
 
 class _Request:
-    __slots__ = ("feed", "future", "enqueued")
+    __slots__ = ("feed", "future", "enqueued", "size")
 
-    def __init__(self, feed: Any) -> None:
+    def __init__(self, feed: Any, size: int | None = None) -> None:
         self.feed = feed
         self.future: Future = Future()
         self.enqueued = time.perf_counter()
+        self.size = size  # what a scheduling run_batch measures the request by (tokens), if it does
 
 
 def _summary(samples: collections.deque) -> dict[str, float]:
@@ -91,6 +99,16 @@ class Batcher:
         self._service = collections.deque(maxlen=METRICS_WINDOW)
         self._end_to_end = collections.deque(maxlen=METRICS_WINDOW)
         self._max_depth = 0
+        # A run_batch may schedule its own batches (`schedule(sizes, **state) -> (take, wait_s)`, with `size_of`:
+        # device_runtime.packing's cost-scheduled packed rows); the Batcher then asks it instead of filling to
+        # max_batch_size, still never waiting past max_queue_delay_ms from the oldest request's arrival.
+        self._schedule = getattr(run_batch, "schedule", None)
+        self._size_of = getattr(run_batch, "size_of", None) if self._schedule else None
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=17)  # recent arrival times
+        self._sizes: collections.deque[int] = collections.deque(maxlen=64)  # recent request sizes
+        # Answers delivered whose senders have not sent again (each arrival pays one back): in a closed loop of N
+        # clients, how many more can still come now; the scheduler waits for no more than that.
+        self._owed = 0
         self._workers = [threading.Thread(target=self._loop, name=f"pf-{name}-{i}", daemon=True)
                          for i in range(int(workers))]
         for t in self._workers:
@@ -99,7 +117,13 @@ class Batcher:
     # -- intake --------------------------------------------------------------------------------
     def submit(self, feed: Any) -> Future:
         """Queue one request; its Future resolves to `run_batch`'s output for it (or its exception)."""
-        request = _Request(feed)
+        size = None
+        if self._size_of is not None:
+            try:  # in the caller's thread, outside the lock; a bad feed fails in run_batch, alone
+                size = int(self._size_of(feed))
+            except Exception:
+                size = None
+        request = _Request(feed, size)
         with self._cond:
             if self._closed:
                 raise UsageError(f"{self.name} is closed; no new requests are accepted")
@@ -109,6 +133,11 @@ class Batcher:
                                      f"max_queue_size={self.max_queue_size}); retry later, or raise "
                                      f"max_queue_size / add workers or sessions")
             self._queue.append(request)
+            if self._schedule is not None:
+                self._owed = max(0, self._owed - 1)
+                self._arrivals.append(request.enqueued)
+                if size is not None:
+                    self._sizes.append(size)
             self._counts["accepted"] += 1
             self._max_depth = max(self._max_depth, len(self._queue))
             self._cond.notify()
@@ -132,6 +161,11 @@ class Batcher:
                     return None  # closed and drained
                 if self._cancel_pending:
                     return None
+                if self._schedule is not None:
+                    n = self._scheduled_take(delay)
+                    if n is None:
+                        continue
+                    return [self._queue.popleft() for _ in range(n)]
                 deadline = self._queue[0].enqueued + delay
                 while len(self._queue) < self.max_batch_size and not self._closed:
                     left = deadline - time.perf_counter()
@@ -142,6 +176,43 @@ class Batcher:
                     continue
                 n = min(self.max_batch_size, len(self._queue))
                 return [self._queue.popleft() for _ in range(n)]
+
+    def _scheduled_take(self, delay: float) -> int | None:
+        """With `_cond` held and a request queued: ask run_batch's `schedule` until it says how many to take
+        (None: the queue was emptied by another worker meanwhile). Waits as it says, at most `delay` from the
+        oldest arrival; an arrival wakes it to decide again."""
+        while self._queue:
+            now = time.perf_counter()
+            waited = now - self._queue[0].enqueued
+            queued = min(len(self._queue), self.max_batch_size)
+            if self._closed or waited >= delay or queued >= self.max_batch_size:
+                return queued
+            times = list(self._arrivals)
+            gaps = np.diff(times) if len(times) > 2 else None
+            sizes = [r.size if r.size is not None else 2 for r in itertools.islice(self._queue, queued)]
+            seen = self._counts["accepted"]
+            self._cond.release()  # plan outside the lock: submitters are not held up by the planning
+            try:
+                take, wait = self._ask_schedule(sizes, waited, delay, gaps, now - times[-1] if times else 0.0)
+            except Exception:  # a scheduler fault must not stall the queue: serve what is there
+                take, wait = queued, 0.0
+            finally:
+                self._cond.acquire()
+            if not self._queue:
+                return None  # another worker took them meanwhile
+            if take > 0:
+                return min(int(take), len(self._queue), self.max_batch_size)
+            if self._counts["accepted"] == seen:  # nothing arrived while planning: wait (an arrival wakes it)
+                self._cond.wait(max(1e-5, min(wait, delay - waited)))
+        return None
+
+    def _ask_schedule(self, sizes: list, waited: float, delay: float, gaps, since_last: float) -> tuple[int, float]:
+        """One call of run_batch's `schedule` with the queue's state (see `device_runtime.scheduling.choose`)."""
+        mean_size = float(np.mean(self._sizes)) if self._sizes else None
+        return self._schedule(sizes, waited_s=waited, max_delay_s=delay,
+                              gap_s=float(np.median(gaps)) if gaps is not None else None,
+                              since_last_s=since_last, next_length=mean_size, max_batch=self.max_batch_size,
+                              expected_more=self._owed)
 
     def _loop(self) -> None:
         while True:
@@ -164,6 +235,9 @@ class Batcher:
             except BaseException as exc:  # handed to every caller of the batch, never lost in the worker
                 outputs, error = None, exc
             done = time.perf_counter()
+            if self._schedule is not None:  # owed before the answers go out: a sender may send again at once
+                with self._cond:
+                    self._owed = min(self._owed + len(live), 2 * self.max_batch_size + self.max_queue_size)
             failed = 0
             if error is None:
                 for r, out in zip(live, outputs):

@@ -20,6 +20,10 @@ Two axes, one mechanism (`BucketAxis`):
   reason to fail a request. ONNX keeps its dynamic batch axis (any N runs as N rows: nothing to pad) and
   records the verified sizes in its metadata (`ONNX_BATCH_METADATA_KEY`, `session.batch_sizes`).
 
+A third axis, packed rows (`export --pack 32x4,64x8,128x16`, `PACKED`: entry points `pack32`, ...), routes a
+packed row to the entry point of its length; its outputs (one per segment) are not cut, and `row_shapes` lists
+(row length, sentences per row) for `device_runtime.packing.PackedRunner`.
+
 `device_runtime.load` sees an artifact's buckets and returns a `BucketedSession` (`session.lengths` or
 `session.batch_sizes`), which `session_batch_runner` sees as a dynamic batch axis.
 """
@@ -60,7 +64,10 @@ class BucketAxis:
 
 SEQUENCE = BucketAxis("sequence", 1, "seq", "--seq-lens", chunks=False, outputs_lead=False)
 BATCH = BucketAxis("batch", 0, "batch", "--batch-sizes", chunks=True, outputs_lead=True)
-AXES = {axis.name: axis for axis in (SEQUENCE, BATCH)}
+# Packed rows in several lengths (`--pack 32x4,64x8,128x16`; device_runtime.packing): sizes are row lengths,
+# padding a row with zeros is exact (segment 0 is padding), and no output follows the axis (one per segment).
+PACKED = BucketAxis("packed", 1, "pack", "--pack", chunks=False, outputs_lead=False)
+AXES = {axis.name: axis for axis in (SEQUENCE, BATCH, PACKED)}
 
 SEQUENCE_AXIS = SEQUENCE.index  # (batch, sequence, ...): the BERT family's inputs and per-token outputs
 ENTRY_POINT = "seq{length}"
@@ -156,10 +163,26 @@ class BucketedSession(Session):
         self._bucketed_outputs = self._following_outputs()
         self._outputs = [self._variable(t) if i in self._bucketed_outputs else t
                          for i, t in enumerate(largest._outputs)]
+        if self.axis is PACKED:  # the segment axis differs per entry point
+            self._outputs = [replace(t, shape=(t.shape[0], None, *t.shape[2:]), dynamic_axes={1: "segments"})
+                             for t in self._outputs]
+
+    def entry(self, size: int) -> Session:
+        """The session of the bucket of `size` (an entry point of the same file)."""
+        return self._sessions[size]
+
+    @property
+    def row_shapes(self) -> list[tuple[int, int]]:
+        """Packed rows: [(row length, sentences per row)] of each entry point, shortest first; [] on other axes."""
+        if self.axis is not PACKED:
+            return []
+        return [(size, int(self._sessions[size].get_outputs()[0].shape[1])) for size in self.sizes]
 
     def _following_outputs(self) -> set[int]:
         """Outputs whose axis follows the bucket (cut back to the request's size after a run)."""
         axis = self.axis.index
+        if self.axis is PACKED:  # (1, segments, ...): each entry point its own segment count, nothing to cut
+            return set()
         if len(self.sizes) > 1 and len({id(s) for s in self._sessions.values()}) > 1:
             small, large = self._sessions[self.sizes[0]], self._sessions[self.sizes[-1]]
             return {i for i, (a, b) in enumerate(zip(small._outputs, large._outputs))

@@ -7,6 +7,7 @@ lives here, so it behaves the same for every format.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -169,8 +170,9 @@ class Session:
         """Run once. `feed` maps input names to arrays (or lists them in input order);
         `output_names=None` returns every output, in the model's order."""
         arrays = self._validate(feed)
-        named = {t.name: a for t, a in zip(self._inputs, arrays)}
-        for before, _ in list(self._hooks):
+        hooks = list(self._hooks) if self._hooks else ()  # the per-run fixed cost: nothing built without hooks
+        named = {t.name: a for t, a in zip(self._inputs, arrays)} if hooks else {}
+        for before, _ in hooks:
             if before:
                 before(self, named)
         start = time.perf_counter()
@@ -183,10 +185,10 @@ class Session:
                                  f"{str(exc).strip()[:500]}") from exc
         elapsed = time.perf_counter() - start
         if self.adapt_io:
-            outputs = [_dequantize(o, t) for o, t in zip(outputs, self._outputs)]
+            outputs = [_dequantize(o, t) if t.quantization else o for o, t in zip(outputs, self._outputs)]
         if self.first_run_ms is None:
             self.first_run_ms = elapsed * 1e3
-        for _, after in list(self._hooks):
+        for _, after in hooks:
             if after:
                 after(self, named, outputs, elapsed)
         return self._select(outputs, output_names)
@@ -331,11 +333,18 @@ class Session:
                     f"got {len(values)} input(s), the model expects {len(expected)}: {self._signature()}")
         arrays = []
         for info, value in zip(self._inputs, values):
-            arr = np.asarray(value)
-            if not self.allow_non_finite:
+            arr = value if type(value) is np.ndarray else np.asarray(value)
+            if not self.allow_non_finite and arr.dtype.kind == "f":
                 _check_finite(arr, info)  # before adapt_io quantizes a float feed (NaN has no int8 value)
-            if self.adapt_io:
-                arr = adapt_array(arr, info)
+            ranged = False
+            if self.adapt_io and arr.dtype != info.dtype:
+                # Integer ids cast to the artifact's integer type (int64 -> a TFLite model's int32): the range
+                # check on the values as given also proves they fit that type, so the cast checks nothing twice.
+                ranged = (info.value_range is not None and arr.dtype.kind in "iu"
+                          and np.dtype(info.dtype).kind in "iu")
+                if ranged:
+                    _check_range(arr, info)
+                arr = adapt_array(arr, info, checked=ranged and _range_fits(info))
             if arr.dtype != info.dtype:
                 hint = (f"quantize with scale {info.quantization.scale:.6g} and zero point "
                         f"{info.quantization.zero_point}, or load with adapt_io=True" if info.quantization else
@@ -346,9 +355,9 @@ class Session:
                     want is not None and got != want for got, want in zip(arr.shape, info.shape)):
                 raise ShapeError(f"input {info.name!r} has shape {list(arr.shape)}, the model expects "
                                  f"{['?' if d is None else d for d in info.shape]}")
-            if info.value_range is not None:
+            if info.value_range is not None and not ranged:
                 _check_range(arr, info)
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         return arrays
 
     def _select(self, outputs: list[np.ndarray], output_names: Sequence[str] | None) -> list[np.ndarray]:
@@ -385,7 +394,7 @@ def with_value_ranges(infos: Sequence[TensorInfo], ranges: Mapping[str, Any]) ->
 def _check_range(arr: np.ndarray, info: TensorInfo) -> None:
     """Vectorised: two reductions on the good path; the first offending position is found only on failure."""
     lo, hi = info.value_range
-    if not arr.size or not np.issubdtype(arr.dtype, np.integer):
+    if not arr.size or arr.dtype.kind not in "iu":  # dtype kinds, not np.issubdtype: this runs on every run
         return
     if lo <= arr.min() and arr.max() <= hi:
         return
@@ -397,7 +406,7 @@ def _check_range(arr: np.ndarray, info: TensorInfo) -> None:
 
 def _check_finite(arr: np.ndarray, info: TensorInfo) -> None:
     """NaN propagates through min/max and +-Inf is the max/min: two reductions, no temporary on the good path."""
-    if not arr.size or not np.issubdtype(arr.dtype, np.floating):
+    if not arr.size or arr.dtype.kind not in "fc":
         return
     if np.isfinite(arr.min()) and np.isfinite(arr.max()):
         return
@@ -408,26 +417,44 @@ def _check_finite(arr: np.ndarray, info: TensorInfo) -> None:
                               "(load with allow_non_finite=True to pass them through)")
 
 
-def adapt_array(arr: np.ndarray, info: TensorInfo) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _int_bounds(dtype: np.dtype) -> tuple[int, int]:
+    """(min, max) of an integer dtype, made once per dtype (np.iinfo costs more than a small run's reduction)."""
+    bounds = np.iinfo(dtype)
+    return int(bounds.min), int(bounds.max)
+
+
+def _range_fits(info: TensorInfo) -> bool:
+    """Whether an input's value range lies inside its integer dtype (then a checked value fits the dtype)."""
+    if info.value_range is None:
+        return False
+    lo, hi = _int_bounds(np.dtype(info.dtype))
+    return lo <= info.value_range[0] and info.value_range[1] <= hi
+
+
+def adapt_array(arr: np.ndarray, info: TensorInfo, checked: bool = False) -> np.ndarray:
+    """`arr` cast (or quantized) to what `info` expects, where that loses nothing. `checked`: the values are known
+    to fit an integer target (its value range was checked), so the bounds are not checked again."""
     want = np.dtype(info.dtype)
     if arr.dtype == want:
         return arr
-    if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.integer) and info.quantization:
+    have, to = arr.dtype.kind, want.kind  # dtype kinds, not np.issubdtype: this runs on every run
+    if have == "f" and to in "iu" and info.quantization:
         q = info.quantization
-        bounds = np.iinfo(want)
-        return np.clip(np.round(arr / q.scale) + q.zero_point, bounds.min, bounds.max).astype(want)
-    if np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer):
-        bounds = np.iinfo(want)
-        if arr.size and (arr.min() < bounds.min or arr.max() > bounds.max):
+        lo, hi = _int_bounds(want)
+        return np.clip(np.round(arr / q.scale) + q.zero_point, lo, hi).astype(want)
+    if have in "iu" and to in "iu":
+        lo, hi = _int_bounds(want)
+        if not checked and arr.size and (arr.min() < lo or arr.max() > hi):
             raise DTypeError(f"input {info.name!r}: values do not fit {want.name}")
         return arr.astype(want)
-    if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating):
+    if have == "f" and to == "f":
         return arr.astype(want)
     return arr
 
 
 def _dequantize(out: np.ndarray, info: TensorInfo) -> np.ndarray:
-    if info.quantization and np.issubdtype(out.dtype, np.integer):
+    if info.quantization and out.dtype.kind in "iu":
         q = info.quantization
         return ((out.astype(np.float32) - q.zero_point) * q.scale).astype(np.float32)
     return out

@@ -237,7 +237,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     exp.add_argument("--pack", metavar="CAPACITYxSEGMENTS",
                      help="BERT family: export the packed entry point instead, rows of CAPACITY tokens holding up "
                           "to SEGMENTS sentences (block-diagonal attention; e.g. 128x16); verified, and each "
-                          "sentence's output equals running it alone")
+                          "sentence's output equals running it alone. Several, comma-separated (32x4,64x8,128x16): "
+                          "one .pte/.tflite with an entry point per row length, the weights stored once")
     exp.add_argument("--batch-sizes", metavar="N,N,...",
                      help="vision families: several batch sizes in one step (e.g. 1,2,4,8), each verified on distinct "
                           "real images: one artifact holding them all (pte methods batch1.. and forward=batch1, tflite signatures, the "

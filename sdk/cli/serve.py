@@ -28,11 +28,13 @@ def cmd_serve_bench(args) -> int:
 def add_parser(sub) -> None:
     from sdk.serve.bench import CONFIGS
 
-    p = sub.add_parser("serve-bench", help="replay a real sentence stream against fixed, bucketed, packed and "
-                                           "packed+batched serving of one BERT-family model")
+    p = sub.add_parser("serve-bench", help="replay a real sentence stream against fixed, bucketed, packed, "
+                                           "packed+batched and cost-scheduled serving of one BERT-family model")
     p.add_argument("artifact", help="an exported artifact; the other configurations are found beside it "
-                                    "(<precision>/, <precision>-seqs.../, <precision>-packed.../)")
-    p.add_argument("--stream", help="a text file, one sentence a line (default: the standard library's docstrings)")
+                                    "(<precision>/, <precision>-seqs.../, <precision>-packed.../; 'scheduled' "
+                                    "where a multi-row one is there: --pack 32x4,64x8,128x16)")
+    p.add_argument("--stream", help="a text file, one sentence a line, or a folder (the docstrings of its .py files, "
+                                    "else its text files' sentences); default: the standard library's docstrings")
     p.add_argument("--count", type=int, default=400, help="sentences to replay (default 400)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="open loop: Poisson arrivals at this many requests per second")

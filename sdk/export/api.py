@@ -29,7 +29,8 @@ from sdk.export.data import ExportInputs
 from sdk.export.evaluate import EvalSet, artifact_top1, pytorch_top1, read_eval_set
 from sdk.export.pipeline import export_pipeline_model, is_pipeline_model
 from sdk.export.plan import WorkItem, plan_work
-from sdk.export.shapes import PackedRow, shapes_from_options
+from sdk.export.packed_rows import packed_rows_module
+from sdk.export.shapes import PackedRow, PackedRows, shapes_from_options
 from sdk.export.steps import ExportResult, convert_and_verify, model_section
 
 __all__ = ["export", "ExportResult"]
@@ -75,11 +76,14 @@ def export(model: str | ModelSpec, formats: Sequence[str] | str = ("pte",), prec
                             progress=progress)
     evalset = None
     if eval is not None:  # read (and refused) before any slow work, at the longest shape an item holds
-        if isinstance(shapes, PackedRow):
+        if isinstance(shapes, (PackedRow, PackedRows)):
             raise UsageError("--eval runs one sentence per feed: evaluate the unpacked export, not --pack")
         evalset = read_eval_set(max((i.spec for i in items), key=lambda s: getattr(s, "seq_len", 0)), eval)
     with progress.step(f"build {spec.name} ({weights or getattr(spec, 'default_weights', None) or 'random weights'})"):
-        inputs = ExportInputs(spec.build(weights=str(weights) if weights else None), calibration)
+        module = spec.build(weights=str(weights) if weights else None)
+        if isinstance(shapes, PackedRows):  # one module, an entry point per row length (sdk.export.packed_rows)
+            module = packed_rows_module(module, spec, shapes)
+        inputs = ExportInputs(module, calibration)
         for item in items:  # every shape's real inputs and PyTorch outputs, before the first conversion
             inputs.at(item.spec) if item.buckets is None else inputs.buckets(item.spec, item.buckets)
         if evalset is not None:

@@ -30,7 +30,7 @@ from models_zoo import ModelSpec
 from sdk.console.progress import Progress
 from sdk.export.data import ExportData, stacked_feeds
 from sdk.export.plan import Plan
-from sdk.export.shapes import Buckets, Lengths
+from sdk.export.shapes import Buckets, Lengths, PackedRows
 from sdk.export.steps import convert_step, reference_outputs, run_all
 
 
@@ -40,6 +40,10 @@ def convert_and_verify_buckets(plan: Plan, spec: ModelSpec, module, data: dict[i
     details), as `sdk.export.steps.convert_and_verify` does at one shape."""
     import device_runtime
 
+    if isinstance(buckets, PackedRows):  # packed rows in several lengths: their own checks (packed and alone)
+        from sdk.export.packed_rows import convert_and_verify_packed_rows
+
+        return convert_and_verify_packed_rows(plan, spec, module, data, buckets, tmp, label, progress, attempt)
     sizes = sorted(data)
     by_length = isinstance(buckets, Lengths)
 

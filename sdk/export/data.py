@@ -14,7 +14,7 @@ import numpy as np
 
 from converters import parity as checks
 from models_zoo import ModelSpec
-from sdk.export.shapes import BatchSizes, Buckets
+from sdk.export.shapes import BatchSizes, Buckets, PackedRows
 
 
 @dataclass
@@ -67,6 +67,8 @@ class ExportInputs:
         """The data at every size of a bucket axis, by size."""
         if isinstance(buckets, BatchSizes):
             return {size: self.batch(spec, size) for size in buckets.sizes}
+        if isinstance(buckets, PackedRows):  # real sentences packed into rows of each length
+            return {r.capacity: self.at(spec.with_packing(r.capacity, r.segments)) for r in buckets.rows}
         return {length: self.at(spec.with_seq_len(length)) for length in buckets.sizes}
 
 

@@ -24,7 +24,7 @@ from device_runtime.errors import UsageError
 from models_zoo import ModelSpec, Precision, get_model
 from models_zoo.user_models import for_checkpoint
 from sdk.console.progress import Progress
-from sdk.export.shapes import BatchSizes, Buckets, Lengths, OneShape, PackedRow, Shapes
+from sdk.export.shapes import BatchSizes, Buckets, Lengths, OneShape, PackedRow, PackedRows, Shapes
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,12 @@ def resolve_spec(model: str | ModelSpec, tiny: bool = False, shapes: Shapes = On
         if not hasattr(spec, "with_seq_len"):
             raise UsageError(f"{spec.name} has no sequence length to set")
         spec = spec.with_seq_len(shapes.seq_len)
-    if isinstance(shapes, PackedRow):
+    if isinstance(shapes, (PackedRow, PackedRows)):
         if not hasattr(spec, "with_packing"):
             raise UsageError(f"{spec.name} has no packed entry point: --pack is for the BERT family")
-        spec = spec.with_packing(shapes.capacity, shapes.segments)
+        for row in shapes.rows if isinstance(shapes, PackedRows) else (shapes,):
+            at = spec.with_packing(row.capacity, row.segments)  # refuses a row the model cannot take
+        spec = at  # several rows: the largest (rows are sorted), whose module serves them all
     return spec
 
 
@@ -125,6 +127,9 @@ def plan_work(model: str | ModelSpec, shapes: Shapes, formats: Sequence[str], pr
     spec = resolve_spec(model, tiny, shapes, weights)
     if spec.head_note:
         progress.note(f"  {spec.name}: {spec.head_note}")
+    if isinstance(shapes, PackedRows):
+        return spec, _packed_rows_items(model, spec, shapes, formats, precision, out_dir, options, tiny, weights,
+                                        progress)
     if not isinstance(shapes, (Lengths, BatchSizes)):
         return spec, [WorkItem(p, spec) for p in plan(spec, formats, precision, out_dir, options)]
     converters = [get_converter(f) for f in formats]
@@ -162,6 +167,39 @@ def plan_work(model: str | ModelSpec, shapes: Shapes, formats: Sequence[str], pr
                 (p,) = plan(spec, [converter.format], precision, out_dir, opts, folder_suffix=f"-batch{size}")
                 items.append(WorkItem(p, spec, BatchSizes((size,))))
     return spec, items
+
+
+def _packed_rows_items(model, spec: ModelSpec, shapes: PackedRows, formats: Sequence[str], precision: str | None,
+                       out_dir: str | Path, options: dict[str, Any], tiny: bool, weights, progress: Progress):
+    """Several packed row lengths: one artifact holding a packed entry point per row length where the format
+    can (`convert_packed_rows`: a `.pte` method, a `.tflite` signature per length), in
+    `<precision>-packed32x4-64x8-128x16/`; elsewhere one artifact per row length (`<precision>-packed32x4/`, ...,
+    as `--pack 32x4` makes it)."""
+    converters = [get_converter(f) for f in formats]
+    split_options(converters, options)
+    plain = resolve_spec(model, tiny, OneShape(), weights)  # the folder key without a packed row's tag
+    suffix = "-packed" + "-".join(r.text for r in shapes.rows)
+    items = []
+    for converter in converters:
+        opts = own_options(converter, options)
+        (p,) = plan(spec, [converter.format], precision, out_dir, opts)
+        reason = packed_rows_reason(converter, p.precision)
+        if not reason:
+            (p,) = plan(plain, [converter.format], precision, out_dir, opts, folder_suffix=suffix)
+            items.append(WorkItem(p, spec, shapes))
+            continue
+        progress.note(f"  {converter.format} {p.precision}: {reason}")
+        for row in shapes.rows:
+            at = spec.with_packing(row.capacity, row.segments)
+            items.append(WorkItem(plan(at, [converter.format], precision, out_dir, opts)[0], at))
+    return items
+
+
+def packed_rows_reason(converter: Converter, precision) -> str | None:
+    """Why this format cannot hold several packed row lengths in one artifact (None: it can)."""
+    if not hasattr(converter, "convert_packed_rows"):
+        return f"{converter.format} has no multi-row packed export here; one artifact per row length instead"
+    return converter.multi_length_reason(precision)
 
 
 def _at(spec: ModelSpec, shapes: Buckets, size: int) -> ModelSpec:

@@ -4,6 +4,8 @@
 - `Lengths`: several sequence lengths (`--seq-lens 16,32,64,128`; the BERT family), each verified.
 - `BatchSizes`: several batch sizes (`--batch-sizes 1,2,4,8`; the vision families), each verified.
 - `PackedRow`: the packed entry point (`--pack 128x16`: rows of 128 tokens holding up to 16 sentences).
+- `PackedRows`: packed entry points in several row lengths (`--pack 32x4,64x8,128x16`), one artifact where the
+  format can (a `.pte` method, a `.tflite` signature per row length: `pack32`, ...; the weights stored once).
 
 `Lengths` and `BatchSizes` are bucket axes: where a format can, one artifact holds every size (weights stored
 once) and `device_runtime.load` opens it as a `BucketedSession` over the same axis; elsewhere each size is an
@@ -66,17 +68,67 @@ class BatchSizes:
         return ",".join(map(str, self.sizes))
 
 
-Shapes = OneShape | PackedRow | Lengths | BatchSizes
-Buckets = Lengths | BatchSizes
+@dataclass(frozen=True)
+class PackedRows:
+    """Packed entry points in several row lengths: the bucket axis `packed` ({capacity: segments}, by capacity).
+    `sizes` are the row lengths (the axis' sizes, as `Lengths.sizes` are)."""
+
+    rows: tuple[PackedRow, ...]
+    axis = "packed"
+    flag = "--pack"
+    folder_word = "packed"  # <precision>-packed32x4-64x8-128x16/
+    own_option = "packed_rows"  # no converter takes the rows itself; declared for the plan's shared shape code
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(r.capacity for r in self.rows)
+
+    @property
+    def text(self) -> str:
+        return ",".join(r.text for r in self.rows)
+
+    @property
+    def largest(self) -> PackedRow:
+        return self.rows[-1]
+
+    def segments(self, capacity: int) -> int:
+        return next(r.segments for r in self.rows if r.capacity == capacity)
 
 
-def parse_pack(pack: str) -> PackedRow:
-    capacity, _, slots = str(pack).partition("x")
+Shapes = OneShape | PackedRow | PackedRows | Lengths | BatchSizes
+Buckets = Lengths | BatchSizes | PackedRows
+
+PACK_HELP = "--pack takes CAPACITYxSEGMENTS (e.g. 128x16), CAPACITY, or several, comma-separated (32x4,64x8,128x16)"
+
+
+def _parse_row(part: str, given: str) -> PackedRow:
+    capacity, x, slots = part.strip().lower().partition("x")
     try:
         capacity_n = int(capacity)
-        return PackedRow(capacity_n, int(slots) if slots else max(1, capacity_n // 8))
+        segments = int(slots) if slots.strip() else (None if x else max(1, capacity_n // 8))
     except ValueError:
-        raise UsageError(f"--pack takes CAPACITYxSEGMENTS (e.g. 128x16) or CAPACITY, got {pack!r}") from None
+        raise UsageError(f"{PACK_HELP}; got {given!r}") from None
+    if segments is None:
+        raise UsageError(f"{PACK_HELP}; {part.strip()!r} in {given!r} has no segment count after 'x'")
+    if capacity_n < 2 or segments < 1 or segments > capacity_n // 2:
+        raise UsageError(f"a packed row of {capacity_n} tokens holds 1..{max(1, capacity_n // 2)} sentences of at "
+                         f"least 2 tokens ([CLS] and [SEP]); got {part.strip()!r} in {given!r}")
+    return PackedRow(capacity_n, segments)
+
+
+def parse_pack(pack: str) -> PackedRow | PackedRows:
+    """`"128x16"` -> `PackedRow`; `"32x4,64x8,128x16"` -> `PackedRows` (sorted by row length; each length once)."""
+    given = str(pack)
+    parts = given.split(",")
+    if not given.strip() or any(not p.strip() for p in parts):
+        raise UsageError(f"{PACK_HELP}; got {given!r}")
+    rows = sorted((_parse_row(p, given) for p in parts), key=lambda r: r.capacity)
+    if len(rows) == 1:
+        return rows[0]
+    twice = sorted({r.capacity for r in rows if sum(q.capacity == r.capacity for q in rows) > 1})
+    if twice:
+        raise UsageError(f"--pack gives row length {twice[0]} twice in {given!r}: one segment count per row length")
+    return PackedRows(tuple(rows))
 
 
 def parse_shapes(seq_len: int | None = None, seq_lens: str | Sequence[int] | None = None, pack: str | None = None,

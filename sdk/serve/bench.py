@@ -7,12 +7,18 @@ the manifest says neither):
 - fixed: every sentence padded to the artifact's one length (128 by default), one run per sentence;
 - bucketed: each sentence padded to the smallest length the multi-length artifact holds, one run per sentence;
 - packed: the packed entry point; whatever is queued when the engine frees up is packed into rows (no waiting);
-- packed+batched: the same, but a batch waits up to `max_delay_ms` to fill its rows (dynamic batching).
+- packed+batched: the same, but a batch waits up to `max_delay_ms` to fill its rows (dynamic batching);
+- scheduled (only where a multi-row packed artifact is found, `export --pack 32x4,64x8,128x16`): the cost model
+  measures each entry point at load and the scheduler (`device_runtime.scheduling`) picks, for what is queued,
+  the rows with the lowest predicted time per sentence across row lengths (the bucketed artifact's lengths
+  join as one-sentence entry points where found), or a wait of at most `max_delay_ms` for more.
 Requests go through a `device_runtime.Batcher` in every configuration (batch 1 for fixed and bucketed), so queueing,
 rejections and latencies are measured the same way. Arrivals follow a Poisson process at `rate` requests per
 second (open loop), or `concurrency` clients each send their next sentence when the last one is answered
-(closed loop). The sentences come from the standard library's docstrings (the compress recipes' corpus) or from
-a text file, one sentence a line.
+(closed loop). The sentences come from the standard library's docstrings (the compress recipes' corpus), a text
+file (one sentence a line), or a folder: the docstrings of its .py files, else the sentences of its text files.
+Beside sentences/s against fixed, the figures give what the stream's real token counts allow: fixed-length
+tokens over real tokens (`token_ratio_allowed`), and the share of it each configuration reached.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ import numpy as np
 
 from device_runtime.errors import QueueFullError, UsageError
 
-CONFIGS = ("fixed", "bucketed", "packed", "packed+batched")
+CONFIGS = ("fixed", "bucketed", "packed", "packed+batched", "scheduled")
+OPTIONAL = ("scheduled",)  # run where its artifact is found; reported missing only when asked for by name
 
 
 def stream_sentences(stream: str | Path | None, count: int, seed: int = 0) -> tuple[list[str], str]:
@@ -37,6 +44,8 @@ def stream_sentences(stream: str | Path | None, count: int, seed: int = 0) -> tu
 
         corpus = stdlib_corpus()
         sentences, source = list(corpus.train) + list(corpus.heldout), corpus.source
+    elif Path(stream).is_dir():
+        sentences, source = folder_sentences(Path(stream))
     else:
         path = Path(stream)
         if not path.is_file():
@@ -50,6 +59,35 @@ def stream_sentences(stream: str | Path | None, count: int, seed: int = 0) -> tu
     while len(sentences) < count:
         sentences = sentences + sentences
     return sentences[:count], source
+
+
+def folder_sentences(folder: Path) -> tuple[list[str], str]:
+    """The prose sentences of a folder: the docstrings of its .py files (read with `ast`, nothing imported), or,
+    where it has none, of its text files split at sentence ends (`sdk.compress.data.sentences_from_docstring`'s
+    filter: 6-40 words of prose). Each sentence once."""
+    import ast
+
+    from sdk.compress.data import sentences_from_docstring
+
+    sources = sorted(folder.rglob("*.py"))
+    texts: list[str] = []
+    for path in sources:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        texts += [doc for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                                                     ast.AsyncFunctionDef))
+                  for doc in [ast.get_docstring(node)] if doc]
+    what = "docstrings of the .py files"
+    if not sources:
+        sources = sorted(p for p in folder.rglob("*") if p.is_file())
+        texts = [p.read_text(encoding="utf-8", errors="replace") for p in sources]
+        what = "sentences of the text files"
+    sentences = list(dict.fromkeys(s for text in texts for s in sentences_from_docstring(text)))
+    if not sentences:
+        raise UsageError(f"{folder} holds no prose sentences ({len(sources)} files read)")
+    return sentences, f"{what} in {folder} ({len(sources)} files, {len(sentences)} sentences)"
 
 
 def discover(artifact: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -91,16 +129,20 @@ def discover(artifact: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
             elif kind == "packed":
                 found.setdefault("packed", candidate)
                 found.setdefault("packed+batched", candidate)
+            elif kind == "rows":
+                found.setdefault("scheduled", candidate)
             elif kind:
                 found.setdefault(kind, candidate)
     return found, model
 
 
 def configuration_of(details: dict[str, Any], model: dict[str, Any]) -> str | None:
-    """"bucketed" or "packed" from an artifact's manifest (its entry's details, its folder's model section),
+    """"bucketed", "packed" or "rows" (packed rows in several lengths) from an artifact's manifest (its entry's details, its folder's model section),
     else None: sequence buckets list their lengths (`details.buckets.lengths`), and the packed entry point takes
     segment ids (`preprocessing.packing`, the `segment_ids` input)."""
     buckets = (details or {}).get("buckets") or {}
+    if buckets.get("axis") == "packed":
+        return "rows"
     if buckets.get("lengths") and buckets.get("axis", "sequence") == "sequence":
         return "bucketed"
     inputs = {i.get("name") if isinstance(i, dict) else i for i in model.get("inputs") or []}
@@ -114,7 +156,7 @@ def _kind_from_folder(name: str, requested: str) -> str | None:
     if name.startswith(f"{requested}-seqs"):
         return "bucketed"
     if name.startswith(f"{requested}-packed"):
-        return "packed"
+        return "rows" if "-" in name[len(f"{requested}-packed"):] else "packed"
     if name == requested or name.startswith(f"{requested}-seq"):
         return "fixed"
     return None
@@ -128,8 +170,10 @@ def _feeds(kind: str, session, sentences: Sequence[str], prep: dict[str, Any]) -
         length, pad = int(session.get_inputs()[0].shape[1]), True
     elif kind == "bucketed":
         length, pad = session.lengths[-1], False
-    else:
-        length, pad = int(session.get_inputs()[0].shape[1]), False
+    else:  # packed: tokenised unpadded, truncated at the longest row
+        from device_runtime.packing import row_shapes
+
+        length, pad = row_shapes(session)[-1][0], False
     text_prep = {**prep, "seq_len": length, "input_names": ["input_ids", "attention_mask", "token_type_ids"]}
     if kind in ("fixed", "bucketed"):
         text_prep["input_names"] = [t.name for t in session.get_inputs()]
@@ -141,17 +185,23 @@ def _feeds(kind: str, session, sentences: Sequence[str], prep: dict[str, Any]) -
 
 def run_config(kind: str, path: Path, sentences: Sequence[str], prep: dict[str, Any], *, rate: float | None,
                concurrency: int, threads: int | None, max_delay_ms: float, max_queue_size: int,
-               progress: bool = False) -> dict[str, Any]:
-    """Serve `sentences` with one configuration; throughput, latency percentiles, padding and rejections."""
+               progress: bool = False, single: Path | None = None) -> dict[str, Any]:
+    """Serve `sentences` with one configuration; throughput, latency percentiles, padding and rejections.
+    `single`: for "scheduled", a sequence-bucketed artifact whose lengths join the cost table."""
     import device_runtime
     from device_runtime.packing import packed_batch_runner
 
     session = device_runtime.load(path, num_threads=threads, adapt_io=True)
     feeds, real = _feeds(kind, session, sentences, prep)
-    if kind in ("packed", "packed+batched"):
-        run_batch = packed_batch_runner(session)
+    alone = device_runtime.load(single, num_threads=threads, adapt_io=True) if kind == "scheduled" and single else None
+    costs = None
+    if kind in ("packed", "packed+batched", "scheduled"):
+        run_batch = packed_batch_runner(session, single=alone)
         runner = run_batch.runner
-        batch_size, delay = runner.max_segments * 2, (max_delay_ms if kind == "packed+batched" else 0.0)
+        costs = runner.costs
+        batch_size = sum(segments for _, segments in runner.rows) * (1 if kind == "scheduled" else 2)
+        batch_size = max(batch_size, runner.max_segments * 2)
+        delay = max_delay_ms if kind != "packed" else 0.0
     else:
         run_batch, runner, batch_size, delay = device_runtime.session_batch_runner(session), None, 1, 0.0
     run_batch(feeds[:1])  # warm: the first run after load is cold on every runtime
@@ -219,6 +269,8 @@ def run_config(kind: str, path: Path, sentences: Sequence[str], prep: dict[str, 
     if progress:
         print(file=sys.stderr)
     session.close()
+    if alone is not None:
+        alone.close()
     computed = _computed_tokens(kind, session, real, runner)
     ms = np.asarray(latencies) * 1e3
     return {"config": kind, "artifact": str(path), "sentences": len(feeds), "completed": len(latencies),
@@ -228,7 +280,9 @@ def run_config(kind: str, path: Path, sentences: Sequence[str], prep: dict[str, 
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
             "padding_fraction": 1.0 - sum(real) / computed if computed else None,
             "mean_tokens": float(np.mean(real)), "batch_size_histogram": metrics.get("batch_size_histogram"),
-            "queue_wait_ms": metrics.get("queue_wait_ms"), "service_ms": metrics.get("service_ms")}
+            "queue_wait_ms": metrics.get("queue_wait_ms"), "service_ms": metrics.get("service_ms"),
+            "real_tokens": int(sum(real)), "fixed_length": int(session.get_inputs()[0].shape[1] or 0)
+            if kind == "fixed" else None, **({"costs": costs.to_dict()} if costs is not None else {})}
 
 
 def _computed_tokens(kind: str, session, real: Sequence[int], runner) -> int:
@@ -247,9 +301,12 @@ def _show(enabled: bool, kind: str, done: int, total: int) -> None:
 
 def serve_bench(artifact: str | Path, *, stream: str | Path | None = None, count: int = 400,
                 rate: float | None = None, concurrency: int = 8, threads: int | None = None,
-                max_delay_ms: float = 5.0, max_queue_size: int = 256, configs: Sequence[str] = CONFIGS,
+                max_delay_ms: float = 5.0, max_queue_size: int = 256, configs: Sequence[str] | None = None,
                 progress: bool = False) -> dict[str, Any]:
-    """Every configuration found beside `artifact`, against the same stream (see the module docstring)."""
+    """Every configuration found beside `artifact`, against the same stream (see the module docstring).
+    `configs` None: the four always, and "scheduled" where its artifact is found."""
+    asked = configs is not None
+    configs = list(configs) if asked else list(CONFIGS)
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise UsageError(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
@@ -261,30 +318,38 @@ def serve_bench(artifact: str | Path, *, stream: str | Path | None = None, count
     rows, missing = [], {}
     for kind in configs:
         if kind not in found:
-            missing[kind] = _export_hint(kind, model.get("name"), Path(artifact))
+            if asked or kind not in OPTIONAL:
+                missing[kind] = _export_hint(kind, model.get("name"), Path(artifact))
             continue
         rows.append(run_config(kind, found[kind], sentences, prep, rate=rate, concurrency=concurrency,
                                threads=threads, max_delay_ms=max_delay_ms, max_queue_size=max_queue_size,
-                               progress=progress))
+                               progress=progress, single=found.get("bucketed")))
     base = next((r for r in rows if r["config"] == "fixed"), None)
+    allowed = None
+    if base and base["real_tokens"]:
+        # What the tokens allow: every sentence padded to the fixed length, over the tokens it really has.
+        allowed = base["sentences"] * base["fixed_length"] / base["real_tokens"]
     for r in rows:
         if base and base["sentences_per_s"] and r["sentences_per_s"]:
             r["throughput_vs_fixed"] = r["sentences_per_s"] / base["sentences_per_s"]
+            if allowed:
+                r["share_of_allowed"] = r["throughput_vs_fixed"] / allowed
     return {"model": model.get("name"), "stream": source, "sentences": len(sentences),
             "arrivals": f"Poisson at {rate}/s" if rate else f"closed loop, {concurrency} clients",
-            "threads": threads, "results": rows, "not_exported": missing}
+            "threads": threads, "token_ratio_allowed": allowed, "results": rows, "not_exported": missing}
 
 
 def _export_hint(kind: str, model: str | None, artifact: Path) -> str:
     fmt = artifact.suffix.lstrip(".")
-    flag = {"fixed": "", "bucketed": " --seq-lens 16,32,64,128"}.get(kind, " --pack 128x16")
+    flag = {"fixed": "", "bucketed": " --seq-lens 16,32,64,128",
+            "scheduled": " --pack 32x4,64x8,128x16"}.get(kind, " --pack 128x16")
     return f"no {kind} artifact beside {artifact}: pocketformer export {model} --to {fmt}{flag}"
 
 
 def format_serve_bench(document: dict[str, Any]) -> str:
     lines = [f"{document['model']}: {document['sentences']} sentences from {document['stream']}; "
              f"{document['arrivals']}, threads={document['threads'] or 'default'}",
-             f"  {'config':<16}{'sent/s':>9}{'x fixed':>9}{'p50 ms':>9}{'p99 ms':>9}{'padding':>9}"
+             f"  {'config':<16}{'sent/s':>9}{'x fixed':>9}{'of max':>9}{'p50 ms':>9}{'p99 ms':>9}{'padding':>9}"
              f"{'rejected':>9}"]
     lines.append("  " + "-" * (len(lines[1]) - 2))
 
@@ -294,8 +359,12 @@ def format_serve_bench(document: dict[str, Any]) -> str:
 
     for r in document["results"]:
         lines.append(f"  {r['config']:<16}{f(r['sentences_per_s'], '9.1f')}{f(r.get('throughput_vs_fixed'), '9.2f')}"
-                     f"{f(r['p50_ms'], '9.2f')}{f(r['p99_ms'], '9.2f')}{f(r['padding_fraction'], '9.1%')}"
+                     f"{f(r.get('share_of_allowed'), '9.0%')}{f(r['p50_ms'], '9.2f')}{f(r['p99_ms'], '9.2f')}{f(r['padding_fraction'], '9.1%')}"
                      f"{r['rejected'] + r['failed']:>9}")
+    allowed = document.get("token_ratio_allowed")
+    if allowed:
+        lines.append(f"  the stream's token counts allow {allowed:.2f}x fixed (fixed-length tokens / real tokens); "
+                     f"'of max': the share of that reached")
     for kind, hint in document["not_exported"].items():
         lines.append(f"  {kind}: not run: {hint}")
     return "\n".join(lines)
