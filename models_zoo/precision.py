@@ -23,6 +23,9 @@ _TABLE: dict[str, tuple[int, str, str]] = {
     "int4-weight": (4, "float", "4-bit weights of the linear layers (and embedding tables where the format looks "
                                 "them up quantized), float activations; the XNNPACK 4-bit kernels (ExecuTorch, "
                                 "LiteRT) quantize those layers' inputs to int8 per run, as int8-dynamic"),
+    # Judged as int8 (tolerance_key): its int8 units are calibrated static int8, the rest stays float.
+    "mixed": (8, "static", "per-unit precision chosen from measured cost: static int8 where it is faster on the "
+                           "target and accurate enough, float elsewhere (converters.mixed)"),
 }
 FAMILY_INT8 = "int8"  # the alias resolved per family (ModelSpec.int8_scheme: "static" or "dynamic")
 

@@ -188,15 +188,17 @@ def _litert_convert(module, spec, calibration, quant_config=None, lengths: dict 
             os.environ["LITERT_TORCH_SHOW_PROGRESS"] = previous
 
 
-def _pt2e_static(module, spec, calibration):
-    """litert-torch's PT2E static int8: the quantized GraphModule (the reference) and its flatbuffer."""
+def _pt2e_static(module, spec, calibration, quantizer=None):
+    """litert-torch's PT2E static int8: the quantized GraphModule (the reference) and its flatbuffer.
+    `quantizer`: another PT2E quantizer (mixed precision's, restricted to chosen submodules)."""
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    quantizer = quantizer or PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                          is_dynamic=False))
     samples = [tuple(f.values()) for f in _torch_feeds(spec, calibration)]
     with torch.no_grad():
         graph = torch.export.export(module, samples[0]).module()
@@ -231,7 +233,7 @@ class TFLiteConverter(Converter):
     format = "tflite"
     suffix = ".tflite"
     description = "LiteRT / TensorFlow Lite flatbuffer, XNNPACK on CPU (Android, iOS, Linux, microcontrollers)"
-    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight")
+    precisions = ("fp32", "fp16", "int8-static", "int8-dynamic", "int4-weight", "mixed")
     extra = "tflite"
     required_modules = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 
@@ -246,12 +248,32 @@ class TFLiteConverter(Converter):
                                            "full-integer), auto (aeq for models with embeddings, else pt2e, "
                                            "and aeq where pt2e cannot convert the model)",
                                    choices=("auto", "pt2e", "aeq"), flag="--int8-route")
+        mixed_plan: str | None = option(None, "mixed: a plan file (converters.mixed.plan) to reuse, or a new file to "
+                                              "write the measured plan to", metavar="FILE")
+        mixed_threads: int = option(2, "mixed: the thread count int8's cost is measured at (the target's)")
+
+    def unsupported_reason(self, spec, precision, **options) -> str | None:
+        plan = options.get("mixed_plan")
+        if plan and precision != "mixed":
+            return f"--mixed-plan applies to --precision mixed, not {precision}"
+        if precision == "mixed" and spec.int8_scheme != "static":
+            return ("mixed precision chooses static int8 per unit from measured cost: for the vision families "
+                    f"(int8-static); {spec.name}'s int8 is {spec.int8_scheme} (use --precision int8)")
+        if plan and Path(plan).is_file():  # a malformed plan is refused before the model is built
+            from converters.mixed.plan import MixedPlanError, read_plan
+
+            try:
+                read_plan(plan, self.format)
+            except MixedPlanError as exc:
+                return str(exc)
+        return super().unsupported_reason(spec, precision, **options)
 
     def artifact_name(self, int8_io: bool = False, **options) -> str:
         return "model-int8io.tflite" if int8_io else "model.tflite"
 
     def convert(self, module, spec, precision, calibration, path: Path, int8_io: bool = False,
-                allow_fallback: bool = False, static_route: str = "auto", **_) -> Conversion:
+                allow_fallback: bool = False, static_route: str = "auto", mixed_plan: str | None = None,
+                mixed_threads: int = 2, **_) -> Conversion:
         from converters import rewrites
 
         if int8_io and precision != "int8-static":
@@ -271,6 +293,11 @@ class TFLiteConverter(Converter):
             details["route"] = f"litert-torch fp32 -> ai-edge-quantizer {WEIGHT_ROUTES[precision]}"
             if precision == "int4-weight":
                 details["int4_granularity"] = int4_granularity(work)
+        elif precision == "mixed":
+            reference, content, details["mixed"] = self._mixed(work, spec, calibration, mixed_plan, mixed_threads)
+            reference = module if reference is None else reference
+            details["route"] = "litert-torch PT2E static int8 on the units where it pays (converters.mixed)"
+            prepare_check(content, spec, "the mixed-precision model")
         else:
             route = static_route if static_route != "auto" else ("aeq" if _has_embedding(work) else "pt2e")
             try:
@@ -312,7 +339,7 @@ class TFLiteConverter(Converter):
         write_bytes_atomic(path, content)
         try:
             details.update(inspect_flatbuffer(path))
-            if effective == "int8-static":
+            if effective in ("int8-static", "mixed"):
                 details["full_integer"] = not details["float_ops"]  # every op computes in integers
             else:
                 details.pop("float_ops")
@@ -330,6 +357,19 @@ class TFLiteConverter(Converter):
         from device_runtime.buckets import SEQUENCE
 
         return self._signatures(module, specs, precision, calibration, path, SEQUENCE)
+
+    def convert_packed_rows(self, module, specs, precision, calibration, path: Path, int8_io: bool = False,
+                            allow_fallback: bool = False, static_route: str = "auto", **_) -> Conversion:
+        """Packed entry points in several row lengths (`export --pack 32x4,64x8,128x16`): one signature per row
+        length (`pack<N>`), the weights and quantization tables stored once, at the precisions lengths take."""
+        from device_runtime.buckets import PACKED
+        from device_runtime.packing import packed_rows_details
+
+        conversion = self._signatures(module, specs, precision, calibration, path, PACKED)
+        shared = conversion.details["buckets"].get("shared")
+        conversion.details["buckets"] = {**packed_rows_details({n: s.packing[1] for n, s in specs.items()}),
+                                         "shared": shared}
+        return conversion
 
     def _signatures(self, module, specs, precision, calibration, path: Path, axis) -> Conversion:
         """One signature per size along `axis` ({size: spec}, {size: calibration feeds at that size}), the
@@ -392,6 +432,20 @@ class TFLiteConverter(Converter):
         if precision not in self.MULTI_LENGTH_PRECISIONS:
             return "static int8 calibrates one signature at a time; one artifact per batch size instead"
         return None
+
+    @staticmethod
+    def _mixed(work, spec, calibration, plan: str | None, threads: int):
+        """converters.mixed's search with this format's conversions: PT2E int8 (float I/O) on chosen units."""
+        from converters.mixed.pt2e import pt2e_reference, unit_quantizer
+        from converters.mixed.search import Toolchain, mixed_precision
+
+        def int8_graph(module, graph_spec, feeds, members):
+            reference, content = _pt2e_static(module, graph_spec, feeds, unit_quantizer(members))
+            return reference, float_io(content)[0]
+
+        toolchain = Toolchain("tflite", ".tflite", _litert_convert, int8_graph, pt2e_reference)
+        result = mixed_precision(work, spec, calibration, toolchain, plan, threads)
+        return result.reference, result.content, result.details
 
     @staticmethod
     def _aeq_weights(work, spec, calibration, precision) -> bytes:

@@ -2,6 +2,8 @@
 
 1. Candidates: every registered format x precision whose converter can export the model here and whose
    artifact this host can run (a format verified elsewhere, such as Core ML on Linux, is left out and said so).
+   `mixed` (int8 only on the units where it measured faster, `converters.mixed`) is one of them for the vision
+   families' `.tflite`, and is picked like any other, by its measured latency.
 2. Export each with `sdk.export` (verified against PyTorch on the real samples); keep those that meet the
    model's own tolerance and, with `max_error`, whose max abs error against fp32 PyTorch is at most that; with
    `eval` and `max_accuracy_drop`, whose top-1 on the user's labelled data is within that many points of fp32
@@ -107,7 +109,10 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
     for fmt, precision in todo:
         start = time.perf_counter()
         try:
-            result = export(spec, fmt, precision, out_dir=out_dir, weights=weights, eval=eval, progress=progress)[0]
+            # mixed measures int8's cost per unit at the thread count the candidates are timed at
+            own = {"mixed_threads": threads} if precision == "mixed" and threads else {}
+            result = export(spec, fmt, precision, out_dir=out_dir, weights=weights, eval=eval, progress=progress,
+                            **own)[0]
         except (ParityError, DegenerateReferenceError) as exc:
             rejected.append({"format": fmt, "precision": precision, "reason": f"failed verification: {exc}"})
             continue
