@@ -137,9 +137,13 @@ def test_compression_shrinks_weights_by_the_expected_factors(export_tiny):
     assert figures["palettize4"] < figures["palettize6"] < figures["int8"] < figures["prune50"] < 1
 
 
-def test_compress_option_through_the_pipeline_records_sizes(export_tiny):
-    plain = export_tiny("q8bert", "coreml", "fp16")
-    result = export_tiny("q8bert", "coreml", "fp16", compress="int8")
+def test_compress_option_through_the_pipeline_records_sizes(tmp_path):
+    from sdk.export.api import export
+
+    # Into one folder (not the shared test-export cache, which keeps each export apart): the compressed package
+    # goes beside the plain one, and one report lists both.
+    plain = export("q8bert", "coreml", "fp16", out_dir=tmp_path, tiny=True)[0]
+    result = export("q8bert", "coreml", "fp16", out_dir=tmp_path, tiny=True, compress="int8")[0]
     assert result.path.name == "model-int8.mlpackage" and result.path.parent == plain.path.parent
     compression = result.details["compression"]
     assert compression["method"] == "int8" and compression["weight_bytes_after"] < 0.6 * compression["weight_bytes_before"]
