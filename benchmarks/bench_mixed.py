@@ -23,23 +23,18 @@ import json
 import time
 from pathlib import Path
 
-# Which model stands for each vision family (the figures name these two); other families: the first
-# registered variant.
-PREFERRED = {"mobilevit": "mobilevit_xxs", "mobileformer": "mobileformer_508m", "deit": "deit_tiny_distilled_patch16_224",
-             "tinyvit": "tiny_vit_5m_224", "efficientformer": "efficientformer_l1", "minivit": "mini_deit_tiny"}
+# Which model stands for each vision family (the figures name the first two; the others: the smallest).
+PREFERRED = ("mobilevit_xxs", "mobileformer_508m", "deit_tiny_distilled_patch16_224", "tiny_vit_5m_224",
+             "efficientformer_l1", "mini_deit_tiny")
 PRECISIONS = ("fp32", "int8", "mixed")
 NOISE = 0.03  # a run-to-run spread of the isolated loops here: "as fast" allows it
 
 
 def vision_models() -> list[str]:
-    from models_zoo import get_model, list_models
+    from models_zoo import family_representatives, get_model
 
-    families: dict[str, str] = {}
-    for name in list_models():
-        spec = get_model(name)
-        if spec.int8_scheme == "static" and spec.preprocessing().get("kind") == "image":
-            families.setdefault(spec.family, PREFERRED.get(spec.family, name))
-    return [families[f] for f in sorted(families)]
+    return [name for name in family_representatives(prefer=PREFERRED)
+            if get_model(name).int8_scheme == "static" and get_model(name).preprocessing().get("kind") == "image"]
 
 
 def bench_model(name: str, tiny: bool, runs: int, threads: int, out: Path) -> dict:
