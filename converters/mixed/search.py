@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from converters.mixed import plan as plans
-from converters.mixed.units import MAX_UNITS, UnitCall, capture_inputs, find_units
+from converters.mixed.units import MAX_UNITS, UnitCall, capture_inputs, find_units, hooked
 
 SQNR_CAP_DB = 200.0
 RUNS, WARMUP = 30, 5  # per timed graph: rounds of 10 after 3 settling runs (device_runtime.isolated)
@@ -87,12 +87,8 @@ def _with_unit_swapped(module, call: UnitCall, quantized, samples: list[tuple]) 
     def swap(_m, _args, _output):
         return quantized(*held.pop())
 
-    handles = [first.register_forward_pre_hook(grab, with_kwargs=True), last.register_forward_hook(swap)]
-    try:
+    with hooked([first.register_forward_pre_hook(grab, with_kwargs=True), last.register_forward_hook(swap)]):
         return _outputs(module, samples)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _unit_spec(spec, unit, call: UnitCall):

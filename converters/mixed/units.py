@@ -13,8 +13,9 @@ keeps it float and says why.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 MAX_UNITS = 12  # two conversions and two timings each: ~4 minutes for a full-size model on 2 cores
 
@@ -31,10 +32,25 @@ class Unit:
         self.members = self.members or (self.name,)
 
 
-def quantizable_params(module) -> int:
+@contextlib.contextmanager
+def hooked(handles: list) -> Iterator[None]:
+    """The forward (pre-)hooks in `handles` for the block's duration, removed however it ends: the module is
+    left as it was given."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _quantizable_kinds() -> tuple:
     import torch
 
-    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+    return (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+
+
+def quantizable_params(module) -> int:
+    kinds = _quantizable_kinds()
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
 
 
@@ -43,7 +59,7 @@ def macs_per_module(module, sample: tuple | None) -> dict[str, int]:
     positions; the weight count when there is no sample): where the compute, hence the int8 saving, is."""
     import torch
 
-    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+    kinds = _quantizable_kinds()
     own: dict[str, int] = {n: m.weight.numel() for n, m in module.named_modules() if isinstance(m, kinds)}
     if sample is not None:
         measured: dict[str, int] = {}
@@ -54,12 +70,8 @@ def macs_per_module(module, sample: tuple | None) -> dict[str, int]:
                     channels = output.shape[-1 if isinstance(m, torch.nn.Linear) else 1]
                     measured[name] = measured.get(name, 0) + m.weight.numel() * (output.numel() // channels)
                 handles.append(mod.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                module(*sample)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with hooked(handles), torch.no_grad():
+            module(*sample)
         own = {n: measured.get(n, 0) for n in own}  # a layer the forward never ran costs nothing
     totals: dict[str, int] = {}
     for name, macs in own.items():
@@ -125,13 +137,8 @@ def chained(module, container, names: list[str], sample: tuple | None) -> bool:
             seen.setdefault(name, (args, kwargs, output))
         return record
 
-    handles = [modules[n].register_forward_hook(hook(n), with_kwargs=True) for n in names]
-    try:
-        with torch.no_grad():
-            module(*sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked([modules[n].register_forward_hook(hook(n), with_kwargs=True) for n in names]), torch.no_grad():
+        module(*sample)
     if set(seen) != set(names):
         return False
     for before, after in zip(names, names[1:]):
@@ -160,13 +167,9 @@ def capture_inputs(module, units: list[Unit], samples: list[tuple]) -> None:
     for unit in units:
         unit.calls = []
         handles.append(modules[unit.members[0]].register_forward_pre_hook(recorder(unit), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            for sample in samples:
-                module(*sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked(handles), torch.no_grad():
+        for sample in samples:
+            module(*sample)
     for unit in units:
         unit.calls_per_sample = len(unit.calls) / max(1, len(samples))
 
