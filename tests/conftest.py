@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import getpass
 import hashlib
 import importlib.metadata
 import json
-import os
 import pickle
 import shutil
-import socket
-import subprocess
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from sdk.device.loopback import free_port, loopback_sshd, sshd_missing  # noqa: F401 (test_remote imports free_port)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT_CACHE = ROOT / ".cache" / "test-exports"  # git-ignored
@@ -120,65 +117,13 @@ def pytest_configure(config):
 
 
 # -- a real OpenSSH server on 127.0.0.1 (tests/test_remote.py, tests/test_arm64_board.py) --------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin) or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server; .ci/run installs it)")
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = free_port()
-    config = d / "sshd_config"
-    config.write_text(textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {d / 'host_key'}
-        AuthorizedKeysFile {d / 'authorized_keys'}
-        PubkeyAuthentication yes
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        PermitRootLogin prohibit-password
-        StrictModes no
-        UsePAM no
-        PidFile {d / 'sshd.pid'}
-        Subsystem sftp internal-sftp
-        """))
-    host_key = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    (d / "empty_known_hosts").write_text("")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    log = open(d / "sshd.log", "w")
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.terminate()
-        pytest.fail("sshd did not start listening")
-    info = {"port": port, "user": getpass.getuser(), "key": str(d / "client_key"),
-            "stranger": str(d / "stranger_key"), "known_hosts": str(d / "known_hosts"),
-            "empty_known_hosts": str(d / "empty_known_hosts"), "dir": d}
-    try:
-        yield info
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    missing = sshd_missing()
+    if missing:
+        pytest.skip(missing)
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as ssh:
+        yield {"port": ssh.port, "user": ssh.user, "key": ssh.key, "stranger": ssh.stranger,
+               "known_hosts": ssh.known_hosts, "empty_known_hosts": ssh.empty_known_hosts, "dir": ssh.dir}

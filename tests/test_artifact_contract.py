@@ -33,10 +33,11 @@ def test_readme_python_api_runs_as_written_twice_in_one_process(tmp_path):
     block = _readme_python_api_block().replace("mobilevit_xxs", "mobilevit_xxs-tiny")
     assert 'precision="int8"' in block and "/int8/" in block
     block = block.replace('precision="int8"', 'precision="fp32"').replace("/int8/", "/fp32/")
-    # The block loads the .pte only; its .tflite is exported by other tests (a second format here only doubles
-    # the two exports this test makes).
-    assert 'formats=["pte", "tflite"]' in block
-    block = block.replace('formats=["pte", "tflite"]', 'formats=["pte"]')
+    # One format, ONNX (the cheapest to build): what this test guards is the block's API (export twice in one
+    # process, load, inputs, run, hooks, benchmark), and the .pte and .tflite it names are exported and loaded by
+    # the format tests; lowering them here again took most of its minute.
+    assert 'formats=["pte", "tflite"]' in block and block.count("/model.pte") == 1
+    block = block.replace('formats=["pte", "tflite"]', 'formats=["onnx"]').replace("/model.pte", "/model.onnx")
     assert "sdk.export(" in block and "device_runtime.load(" in block
     script = tmp_path / "readme_block.py"
     script.write_text(f"BLOCK = {block!r}\nfor _ in range(2):\n    exec(compile(BLOCK, 'README', 'exec'), {{}})\n"
@@ -46,7 +47,7 @@ def test_readme_python_api_runs_as_written_twice_in_one_process(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "README OK" in done.stdout
-    assert (tmp_path / "out" / "mobilevit_xxs-tiny" / "fp32" / "model.pte").exists()
+    assert (tmp_path / "out" / "mobilevit_xxs-tiny" / "fp32" / "model.onnx").exists()
 
 
 def test_public_names_are_the_real_functions():
