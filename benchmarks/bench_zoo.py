@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="out/zoo", help="folder for the exports and bench_zoo.json")
+    parser.add_argument("--pipelines", nargs="*", default=["minivlm"],
+                        help="pipeline models whose stages get rows (params, MACs, memory traffic; default minivlm)")
     parser.add_argument("--phase", choices=("all", "export", "time"), default="all",
                         help="export: analyse and export only (a busy machine will do), writing OUT/" + EXPORTS_FILE
                              + " (models already there are kept: an interrupted run resumes); time: time what "
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
     if args.phase == "export":
         print(f"exported: {exports_path}; now, on a quiet machine: --phase time --out {out}")
         return 0
+    from sdk.report.zoo import pipeline_stage_rows
+
+    doc["pipelines"] = [row for name in args.pipelines for row in pipeline_stage_rows(name)]
     write_json(out / ZOO_FILE, doc)
     print(text_table(doc))
     print()

@@ -3,7 +3,8 @@
 A pipeline is a folder (or a verification bundle holding one) with a `pipeline.json` beside its artifacts.
 `device_runtime.load(folder)` returns a `PipelineSession`: the same `run(output_names, feed)`,
 `get_inputs()` / `get_outputs()`, hooks, `benchmark` and `close` as one artifact's session, and after each run
-`session.last_timings` (per stage; artifacts and glue apart, so a benchmark can report the glue's share).
+`session.last_timings` (per stage; artifacts and glue apart, a decode loop's artifact calls counted as the
+artifact's, so a benchmark can report the numpy glue's share).
 Each artifact is sniffed and opened as `device_runtime.load` opens it alone, so each has its own format and
 precision (a `.tflite` int8 detector, a `.pte` transformer); glue steps come from `device_runtime.glue`.
 
@@ -53,20 +54,28 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "PIPELINE_JSON", "Pipeline", "PipelineErr
 
 @dataclass(frozen=True)
 class StageTiming:
+    """One stage's wall time in one run. A glue stage that drives a decode loop (`step`) has its artifact's calls
+    timed apart: `ms` is its own numpy work only, `step_ms` the time in the `step` artifact's `calls` runs, which
+    count as that artifact stage's time (not the glue's)."""
+
     stage: str
     kind: str  # "artifact" or "glue"
     ms: float
+    step: str | None = None  # the artifact stage a decode loop calls
+    step_ms: float = 0.0
+    calls: int = 0
 
 
 @dataclass(frozen=True)
 class PipelineTimings:
-    """Wall time of each stage of one run, in milliseconds (a decode loop's glue time includes its artifact)."""
+    """Wall time of each stage of one run, in milliseconds; a decode loop's artifact calls count as its artifact
+    stage's time, so `glue_ms` and `glue_share` are the numpy glue's own work."""
 
     stages: list[StageTiming]
 
     @property
     def artifact_ms(self) -> float:
-        return sum(s.ms for s in self.stages if s.kind == "artifact")
+        return sum(s.ms for s in self.stages if s.kind == "artifact") + sum(s.step_ms for s in self.stages)
 
     @property
     def glue_ms(self) -> float:
@@ -78,13 +87,28 @@ class PipelineTimings:
 
     @property
     def glue_share(self) -> float:
-        """The glue's fraction of the stages' time (0 when nothing ran)."""
+        """The numpy glue's fraction of the stages' time (0 when nothing ran)."""
         return self.glue_ms / self.total_ms if self.total_ms > 0 else 0.0
 
+    def per_stage(self) -> dict[str, dict[str, Any]]:
+        """{stage: {"kind", "ms", "calls"}} in run order, a decode loop's artifact under its own stage name with
+        the time of all its calls (and how many), the loop's glue stage with its numpy time only."""
+        out: dict[str, dict[str, Any]] = {}
+        for s in self.stages:
+            if s.step is not None:
+                out[s.step] = {"kind": "artifact", "ms": s.step_ms, "calls": s.calls}
+            out[s.stage] = {"kind": s.kind, "ms": s.ms, "calls": 1}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"stages": [{"stage": s.stage, "kind": s.kind, "ms": s.ms} for s in self.stages],
-                "artifact_ms": self.artifact_ms, "glue_ms": self.glue_ms, "total_ms": self.total_ms,
-                "glue_share": self.glue_share}
+        stages = []
+        for s in self.stages:
+            row: dict[str, Any] = {"stage": s.stage, "kind": s.kind, "ms": s.ms}
+            if s.step is not None:
+                row.update(step=s.step, step_ms=s.step_ms, calls=s.calls)
+            stages.append(row)
+        return {"stages": stages, "artifact_ms": self.artifact_ms, "glue_ms": self.glue_ms,
+                "total_ms": self.total_ms, "glue_share": self.glue_share}
 
 
 # -- opening and running ---------------------------------------------------------------------------------
@@ -225,37 +249,47 @@ class PipelineSession(Session):
                 continue  # runs inside the glue stage that drives it
             feed = {port: values[w] if isinstance(w, str) else [values[x] for x in w]
                     for port, w in stage.inputs.items()}
+            loop = [0.0, 0]  # a decode loop's time in its artifact's calls, and how many
             start = time.perf_counter()
             try:
-                outputs = self._run_stage(stage, feed, values)
+                outputs = self._run_stage(stage, feed, values, loop)
             except PocketformerError as exc:
                 raise type(exc)(f"pipeline stage {stage.name!r}: {exc}") from exc
             except Exception as exc:
                 raise ExecutionError(f"pipeline stage {stage.name!r} ({stage.artifact or stage.glue}) failed: "
                                      f"{type(exc).__name__}: {str(exc).strip()[:500]}") from exc
-            timings.append(StageTiming(stage.name, stage.kind, (time.perf_counter() - start) * 1e3))
+            elapsed = (time.perf_counter() - start) * 1e3
+            timings.append(StageTiming(stage.name, stage.kind, max(0.0, elapsed - loop[0]), stage.step, loop[0],
+                                       loop[1]))
             values.update({f"{stage.name}.{n}": v for n, v in outputs.items()})
         self.last_timings = PipelineTimings(timings)
         return [values[wire] for wire in self.pipeline.outputs.values()]
 
-    def _run_stage(self, stage: Stage, feed: dict[str, np.ndarray], values: dict[str, np.ndarray]
-                   ) -> dict[str, np.ndarray]:
+    def _run_stage(self, stage: Stage, feed: dict[str, np.ndarray], values: dict[str, np.ndarray],
+                   loop: list) -> dict[str, np.ndarray]:
         if stage.kind == "artifact":
             session = self.stages[stage.name]
             return dict(zip((t.name for t in session.get_outputs()), session.run(None, feed)))
         step = get_glue(stage.glue)
-        step_fn = self._step_fn(stage.step, values) if stage.step is not None else None
+        step_fn = self._step_fn(stage.step, values, loop) if stage.step is not None else None
         return dict(zip(step.outputs, step(feed, stage.params, step_fn=step_fn)))
 
-    def _step_fn(self, name: str, values: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-        """The driven artifact stage as `ids -> logits`, its other inputs wired from this run's values."""
+    def _step_fn(self, name: str, values: dict[str, np.ndarray], loop: list) -> Callable[[np.ndarray], np.ndarray]:
+        """The driven artifact stage as `ids -> logits`, its other inputs wired from this run's values. Each call's
+        wall time is added to `loop[0]` and counted in `loop[1]`: it is the artifact's time, not the glue's (the
+        loop's own numpy work, argmax and writing ids, is what remains of the glue stage's time)."""
         stage = next(s for s in self.pipeline.stages if s.name == name)
         session = self.stages[name]
         fixed = {port: values[wire] for port, wire in stage.inputs.items()}
         output = stage.loop_output or session.get_outputs()[0].name
 
         def step_fn(ids: np.ndarray) -> np.ndarray:
-            return session.run([output], {**fixed, stage.loop_input: ids})[0]
+            start = time.perf_counter()
+            try:
+                return session.run([output], {**fixed, stage.loop_input: ids})[0]
+            finally:
+                loop[0] += (time.perf_counter() - start) * 1e3
+                loop[1] += 1
 
         return step_fn
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from device_runtime import load
 from models_zoo import get_model, list_models
 from sdk.export.api import ExportResult, export
+from sdk.measure.tune import tune  # a zoo name, the user's spec (spec_from_module) as export takes it, or a pipeline
 
 
 def benchmark(path, feed=None, warmup: int = 5, runs: int = 50, backend: str | None = None,
@@ -29,4 +30,4 @@ def benchmark(path, feed=None, warmup: int = 5, runs: int = 50, backend: str | N
     return session.benchmark(feed, warmup=warmup, runs=runs)
 
 
-__all__ = ["export", "ExportResult", "load", "benchmark", "list_models", "get_model"]
+__all__ = ["export", "ExportResult", "load", "benchmark", "tune", "list_models", "get_model"]

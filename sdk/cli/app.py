@@ -155,9 +155,14 @@ def cmd_bench(args) -> int:
         from sdk.device.android import cmd_bench_app
 
         return cmd_bench_app(args)
+    from device_runtime.pipeline import is_pipeline
     from sdk.measure.bench import bench, format_table
     from sdk.console.progress import Progress
 
+    if any(is_pipeline(a) for a in args.artifacts):  # stage by stage, the glue's share: sdk/cli/pipeline.py
+        from sdk.cli.pipeline import cmd_bench_pipeline
+
+        return cmd_bench_pipeline(args)
     progress = Progress(enabled=not args.quiet)
     artifacts = [existing_artifact(a, args.trust) for a in args.artifacts]
     feeds = None
@@ -182,7 +187,7 @@ def cmd_bench(args) -> int:
 
 
 # -- tune --------------------------------------------------------------------------------------------
-def cmd_tune(args) -> int:
+def cmd_tune(args, option_dests: Sequence[str] = ()) -> int:
     from sdk.console.progress import Progress
     from sdk.measure.tune import format_tune, tune
 
@@ -191,8 +196,14 @@ def cmd_tune(args) -> int:
     result = tune(args.model, out_dir=Path(args.out), tiny=args.tiny, seq_len=args.seq_len,
                   max_error=args.max_error, formats=formats, precisions=precisions, runs=args.runs,
                   warmup=args.warmup, threads=args.threads, weights=args.weights, eval=args.eval,
-                  max_accuracy_drop=args.max_accuracy_drop, progress=Progress(enabled=not args.quiet))
+                  max_accuracy_drop=args.max_accuracy_drop, progress=Progress(enabled=not args.quiet),
+                  stages=[s for part in args.stage for s in part.split(",") if s] or None,
+                  **{d: getattr(args, d) for d in option_dests if getattr(args, d, None) is not None})
     print(format_tune(result))
+    if result.get("pipeline"):  # stage by stage (sdk/measure/pipeline_tune.py): a pick per stage, verified end to end
+        from sdk.cli.pipeline import tune_exit_code
+
+        return tune_exit_code(result)
     return EXIT_OK if result.get("pick") else EXIT_UNSUPPORTED
 
 
@@ -291,7 +302,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
 
     tun = sub.add_parser("tune", help="export to every format x precision that runs here, keep the accurate ones, "
                                       "benchmark them interleaved, pick the fastest")
-    tun.add_argument("model", help="a zoo model name (NAME-tiny for its tiny variant)")
+    tun.add_argument("model", help="a zoo model name (NAME-tiny for its tiny variant), or a pipeline model (minivlm)")
     tun.add_argument("--max-error", type=float,
                      help="also require max abs error vs fp32 PyTorch <= this (default: the model's own tolerance)")
     tun.add_argument("--formats", action="append", help="limit to these formats (comma-separated or repeated)")
@@ -307,8 +318,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                                     "top-1 accuracy is measured on it")
     tun.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                      help="keep only candidates whose top-1 on --eval is within POINTS of fp32 PyTorch's")
+    tun.add_argument("--stage", action="append", default=[], metavar="STAGE",
+                     help="pipeline models (minivlm): tune only these stages (repeat or comma-separate; the others "
+                          "take the first format at fp32)")
     tun.add_argument("--quiet", action="store_true", help="no progress lines")
-    tun.set_defaults(func=cmd_tune)
+    tune_dests = [d for d in _add_converter_options(tun) if d != "seq_lens"]  # the formats' own options, as export's
+    tun.set_defaults(func=lambda a: cmd_tune(a, tune_dests))
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
     parser.add_argument("--verbose", action="store_true", help="show the toolchains' own log lines and warnings, "

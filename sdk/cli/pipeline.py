@@ -1,5 +1,6 @@
-"""The `pocketformer` commands' pipeline side: `export` of a pipeline model (MiniVLM) and `run` of a pipeline
-folder (or a bundle holding one) on a photo and a question. `sdk.cli.app` routes here; nothing here imports it."""
+"""The `pocketformer` commands' pipeline side: `export` of a pipeline model (MiniVLM), `run` of a pipeline folder
+(or a bundle holding one) on a photo and a question, `bench` of one stage by stage and `tune` of a pipeline model
+per stage. `sdk.cli.app` routes here; nothing here imports it."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from device_runtime.errors import EXIT_OK
+from device_runtime.errors import EXIT_OK, EXIT_PARITY, EXIT_UNSUPPORTED
 from sdk.cli.common import CliError, existing_artifact
 
 RANDOM_NOTE = ("note: this pipeline's weights are random (seeded; no trained MiniVLM weights exist offline), so the "
@@ -122,3 +123,61 @@ def cmd_run_pipeline(args) -> int:
     if "random" in weights or not report:
         print(RANDOM_NOTE)
     return EXIT_OK
+
+
+def cmd_bench_pipeline(args) -> int:
+    """`pocketformer bench PIPELINE [--image PHOTO --text QUESTION]`: per-stage latency, the glue's share, end to
+    end, the caption loop's tokens per second (sdk.measure.pipeline_bench)."""
+    from sdk.console.progress import Progress
+    from sdk.measure.bench import bench, format_table
+
+    if len(args.artifacts) > 1:
+        raise CliError(f"bench one pipeline at a time (its stages are what it compares); got {len(args.artifacts)} "
+                       "paths")
+    given = [flag for flag, on in (("--verify", args.verify), ("--app", getattr(args, "app", False)),
+                                   ("--profile-runs", args.profile_runs), ("--runner", args.runner),
+                                   ("--backend", args.backend), ("--input", args.input)) if on]
+    if given:
+        raise CliError(f"{', '.join(given)} do(es) not apply to a pipeline's bench (a pipeline runs on --image and "
+                       "--text; `pocketformer verify BUNDLE --device ...` checks it on a device)")
+    feeds = None
+    if args.image or args.text:
+        feeds = [_feed(args.artifacts[0], args.image, args.text)]
+    document = bench(args.artifacts, runs=args.runs, warmup=args.warmup, threads=args.threads, feeds=feeds,
+                     device=args.device, trust=args.trust, progress=Progress(enabled=not args.quiet).bar("bench"))
+    print(format_table(document))
+    if args.json:
+        from device_runtime.atomic import write_json as write_json_atomic
+
+        write_json_atomic(Path(args.json), document)
+        print(f"  written {args.json}")
+    return EXIT_OK
+
+
+def _feed(path: str, image: str | None, text: str | None) -> dict[str, np.ndarray]:
+    """A pipeline model's feed for a photo and a question (both needed)."""
+    from device_runtime.pipeline import read_pipeline
+    from sdk.export.minivlm_pipeline import pipeline_model
+
+    if image is None or text is None:
+        raise CliError("a vision-language pipeline needs both --image PHOTO and --text \"a question\"")
+    if not Path(image).is_file():
+        raise CliError(f"no such image: {image}")
+    root = Path(path).parent if Path(path).name == "pipeline.json" else Path(path)
+    if not root.is_dir():
+        raise CliError("--image/--text feed a pipeline folder; a bundle runs on its own samples")
+    model = pipeline_model(read_pipeline(root).name)
+    if model is None:
+        raise CliError(f"{read_pipeline(root).name} is not a pipeline model this SDK knows how to feed")
+    try:
+        return model.feed(image, text)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {image} as an image: {exc}") from None
+
+
+def tune_exit_code(document: dict[str, Any]) -> int:
+    """A pipeline's tune: 0 with a verified pick per stage and the pipeline verified end to end; 1 when the picks
+    failed end to end; 3 when a stage had no candidate that exported and verified here."""
+    if not document.get("failed"):
+        return EXIT_OK
+    return EXIT_PARITY if str(document["failed"]).startswith("end-to-end") else EXIT_UNSUPPORTED

@@ -33,6 +33,8 @@ def sample_feed(artifact: str | Path, trust: bool = False) -> dict[str, np.ndarr
 
     if prep["kind"] == "image":
         return {model["inputs"][0]["name"]: data.preprocess_image(data.photo_paths()[0], prep)}
+    if prep["kind"] != "text":  # a user's module ("tensor"): its own samples are the spec's, not the zoo's
+        return None
     return data.tokenize(data.SAMPLE_SENTENCES[0], prep)
 
 
@@ -45,11 +47,15 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
     """Benchmark artifacts interleaved (ratios against the first); see `device_runtime.measure`.
 
     Each artifact must still match the hash its manifest recorded (its figures describe those bytes),
-    unless `trust`."""
+    unless `trust`. A pipeline (a folder with pipeline.json, or a bundle of one) is benchmarked stage by stage
+    instead (`sdk.measure.pipeline_bench`: per-stage latency, the glue's share, end to end), one at a time, here."""
     from device_runtime.errors import ArtifactNotFoundError, UsageError
     from device_runtime.manifest import load_entry
+    from device_runtime.pipeline import is_pipeline
 
     paths = [str(a) for a in artifacts]
+    if any(is_pipeline(p) for p in paths):
+        return _bench_pipeline(paths, runs, warmup, threads, feeds, device, trust, progress)
     for path in paths:
         if not Path(path).exists():
             raise ArtifactNotFoundError(f"no such artifact: {path}")
@@ -78,6 +84,30 @@ def bench(artifacts: Sequence[str | Path], runs: int = 50, warmup: int = 5, thre
                                     progress=note)
     annotate(document, trust=True)
     return document
+
+
+def _bench_pipeline(paths: list[str], runs: int, warmup: int, threads: int | None, feeds, device: str | None,
+                    trust: bool, progress) -> dict[str, Any]:
+    """One pipeline, here: each stage artifact checked against its export's report.json first (unless `trust`)."""
+    from device_runtime.errors import UsageError
+    from device_runtime.manifest import load_entry
+    from device_runtime.pipeline import read_pipeline
+    from sdk.measure.pipeline_bench import bench_pipeline
+
+    if len(paths) > 1:
+        raise UsageError(f"bench one pipeline at a time (its stages are what it compares), not {len(paths)} paths: "
+                         f"{', '.join(paths)}")
+    if device not in (None, "", "local"):
+        raise UsageError("a pipeline is benchmarked here only; on a device, `pocketformer verify BUNDLE --device "
+                         "...` runs it end to end")
+    root = Path(paths[0])
+    root = root.parent if root.name == "pipeline.json" else root
+    if root.is_dir() and not (root / "bundle.json").is_file() and not trust:  # a bundle checks its own sums
+        for stage in read_pipeline(root).stages:
+            if stage.artifact is not None:
+                load_entry(root / stage.artifact)
+    feed = dict(feeds[0]) if feeds and feeds[0] is not None else None
+    return bench_pipeline(paths[0], runs=runs, warmup=warmup, threads=threads, feed=feed, progress=progress)
 
 
 def annotate(document: dict[str, Any], trust: bool = False) -> dict[str, Any]:
@@ -116,8 +146,13 @@ def _planned_mb(result: dict[str, Any]) -> float | None:
 
 def format_table(document: dict[str, Any]) -> str:
     """The human-readable result: the machine (CPU model and features), one line per artifact, ratios against
-    the first."""
+    the first (a pipeline's document: one line per stage, `sdk.measure.pipeline_bench`)."""
     from device_runtime.cpu import describe_host
+
+    if document.get("schema") == "pocketformer.pipeline-bench":
+        from sdk.measure.pipeline_bench import format_pipeline_bench
+
+        return format_pipeline_bench(document)
 
     results = document.get("results", [])
     basis = document.get("ratio_basis", "p50")

@@ -1,4 +1,6 @@
-"""`pocketformer tune NAME`: the fastest verified artifact of a model on this host.
+"""`pocketformer tune NAME`: the fastest verified artifact of a model on this host (`sdk.tune(spec)` for the user's
+own `nn.Module` through `spec_from_module`, as `sdk.export` takes it; a pipeline model stage by stage:
+`sdk.measure.pipeline_tune`).
 
 1. Candidates: every registered format x precision whose converter can export the model here and whose
    artifact this host can run (a format verified elsewhere, such as Core ML on Linux, is left out and said so).
@@ -23,49 +25,9 @@ from typing import Any, Sequence
 
 from device_runtime import atomic
 from models_zoo.precision import Precision
+from sdk.measure.candidates import candidates, error_vs_fp32  # noqa: F401 (tune's candidates, also used here)
 
 TUNE_NAME = "tune.json"
-
-
-def candidates(spec, formats: Sequence[str] | None = None, precisions: Sequence[str] | None = None
-               ) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
-    """(format, requested precision) pairs to try, and the skipped ones with the reason."""
-    import device_runtime
-    from converters import get_converter, list_converters, resolve_precision
-    from converters.base import UnsupportedError
-
-    todo, skipped = [], []
-    for fmt in formats or list_converters():
-        conv = get_converter(fmt)
-        wanted = list(precisions) if precisions else list(conv.precisions)
-        seen = set()
-        for precision in wanted:
-            try:
-                resolved = resolve_precision(spec, precision, conv)
-            except UnsupportedError as exc:
-                skipped.append({"format": fmt, "precision": precision, "reason": str(exc)})
-                continue
-            if resolved in seen:
-                continue
-            seen.add(resolved)
-            reason = conv.unsupported_reason(spec, resolved) or conv.verify_reason()
-            if reason is None:
-                try:
-                    device_runtime.registry.choose_backend(fmt, None)
-                except device_runtime.BackendUnavailableError as exc:
-                    reason = f"no runtime for {fmt} here: {exc}"
-            if reason:
-                skipped.append({"format": fmt, "precision": resolved, "reason": reason})
-            else:
-                todo.append((fmt, resolved))
-    return todo, skipped
-
-
-def _error_vs_fp32(parity: dict[str, Any]) -> float | None:
-    quant = parity.get("quantization") or {}
-    lowering = parity.get("lowering") or {}
-    value = quant.get("max_abs_err", lowering.get("max_abs_err"))
-    return float(value) if value is not None else None
 
 
 def accuracy_rejection(accuracy: dict[str, Any] | None, max_drop: float | None) -> str | None:
@@ -83,12 +45,38 @@ def accuracy_rejection(accuracy: dict[str, Any] | None, max_drop: float | None) 
             f"> --max-accuracy-drop {max_drop:g}")
 
 
-def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len: int | None = None,
+def tune(model, out_dir: str | Path = "out", *, tiny: bool = False, seq_len: int | None = None,
          max_error: float | None = None, formats: Sequence[str] | None = None,
          precisions: Sequence[str] | None = None, runs: int = 50, warmup: int = 5, threads: int | None = None,
          weights: str | None = None, eager: bool = True, eval: str | Path | None = None,  # noqa: A002
-         max_accuracy_drop: float | None = None, progress=None) -> dict[str, Any]:
-    from converters.base import ConversionError, UnsupportedError
+         max_accuracy_drop: float | None = None, progress=None, stages: Sequence[str] | None = None,
+         **options: Any) -> dict[str, Any]:
+    """Tune `model`: a zoo model's name, or a spec as `sdk.export` takes it (`spec_from_module(module, ...)`: the
+    user's own nn.Module), or a pipeline model's name ("minivlm", "minivlm-tiny": stage by stage,
+    `sdk.measure.pipeline_tune`; `stages` limits which). `options` are the formats' own export options (e.g.
+    `opset=17`), each given to the formats that declare it. See the module docstring."""
+    from sdk.export.pipeline import is_pipeline_model
+
+    if is_pipeline_model(model):
+        zoo_only = {"seq_len": seq_len, "weights": weights, "eval": eval, "max_accuracy_drop": max_accuracy_drop}
+        given = sorted(k for k, v in zoo_only.items() if v is not None)
+        if given:
+            from device_runtime.errors import UsageError
+
+            raise UsageError(f"{model} is a pipeline of fixed-shape stages with random weights: "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)} do not apply to it")
+        from sdk.measure.pipeline_tune import tune_pipeline
+
+        return tune_pipeline(model, out_dir, tiny=tiny, formats=formats, precisions=precisions, stages=stages,
+                             max_error=max_error, runs=runs, warmup=warmup, threads=threads, progress=progress,
+                             **options)
+    if stages is not None:
+        from device_runtime.errors import UsageError
+
+        raise UsageError(f"stages= picks a pipeline model's stages to tune; {getattr(model, 'name', model)} is "
+                         "one artifact")
+    from converters import get_converter, list_converters
+    from converters.base import ConversionError, UnknownOptionError, UnsupportedError
     from sdk.export.api import export
     from sdk.export.plan import resolve_spec
     from sdk.export.shapes import OneShape
@@ -103,7 +91,11 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         from device_runtime.errors import UsageError
 
         raise UsageError("--max-accuracy-drop needs --eval PATH: the labelled data the accuracy is measured on")
-    spec = resolve_spec(model, tiny, OneShape(seq_len), weights)
+    spec = resolve_spec(model, tiny, OneShape(seq_len), weights)  # a zoo name, or the user's spec as given
+    known = {o for fmt in (formats or list_converters()) for o in get_converter(fmt).option_names()}
+    if set(options) - known:
+        raise UnknownOptionError(f"unknown export option(s) {sorted(set(options) - known)} for the formats tuned "
+                                 f"({', '.join(formats or list_converters())})")
     todo, skipped = candidates(spec, formats, precisions)
     kept, rejected = [], []
     for fmt, precision in todo:
@@ -111,6 +103,7 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         try:
             # mixed measures int8's cost per unit at the thread count the candidates are timed at
             own = {"mixed_threads": threads} if precision == "mixed" and threads else {}
+            own.update((k, v) for k, v in options.items() if k in get_converter(fmt).option_names())
             result = export(spec, fmt, precision, out_dir=out_dir, weights=weights, eval=eval, progress=progress,
                             **own)[0]
         except (ParityError, DegenerateReferenceError) as exc:
@@ -119,7 +112,7 @@ def tune(model: str, out_dir: str | Path = "out", *, tiny: bool = False, seq_len
         except (ConversionError, UnsupportedError) as exc:
             rejected.append({"format": fmt, "precision": precision, "reason": f"{type(exc).__name__}: {exc}"})
             continue
-        error = _error_vs_fp32(result.parity)
+        error = error_vs_fp32(result.parity)
         entry = {"format": fmt, "precision": result.precision, "path": str(result.path),
                  "size_bytes": result.size_bytes, "max_abs_err_vs_fp32": error,
                  "sqnr_db_vs_fp32": (result.parity.get("quantization") or {}).get("sqnr_db"),
@@ -235,6 +228,11 @@ def EagerSession(spec, weights: str | None = None, threads: int | None = None):
 
 def format_tune(document: dict[str, Any]) -> str:
     from device_runtime.cpu import describe_host
+
+    if document.get("pipeline"):  # stage by stage (sdk.measure.pipeline_tune)
+        from sdk.measure.pipeline_tune import format_pipeline_tune
+
+        return format_pipeline_tune(document)
 
     lines = [f"tune {document['model']}" + (f" (max error vs fp32 <= {document['max_error']:g})"
                                             if document.get("max_error") is not None else ""),

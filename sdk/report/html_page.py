@@ -9,7 +9,7 @@ parity), benchmark documents (`pocketformer bench --json`, schema `pocketformer.
 - file size against accuracy loss (max abs error vs fp32 PyTorch, SQNR);
 - the per-operator breakdown of the slowest artifact (from the bench JSON when it holds a profile, else
   profiled now when its backend has a profiler; otherwise the page says why there is none);
-- the pick of each `tune` run, linked.
+- the pick of each `tune` run, linked; each pipeline's stages, per-stage bench and tune (`pipeline_page`).
 
 Plots are matplotlib PNGs inlined as base64, so the HTML file is the whole report (no network, no files
 beside it). The Markdown file references the same PNGs, written to `<name>_files/`.
@@ -372,8 +372,7 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
     root = Path(root)
     data = collect(root)
     if not data["artifacts"] and not data["latency"]:
-        raise UsageError(f"nothing to report under {root}: no {REPORT_NAME} and no bench JSON "
-                                f"(schema {BENCH_SCHEMA}) files")
+        raise UsageError(f"nothing to report under {root}: no {REPORT_NAME} and no bench JSON (schema {BENCH_SCHEMA}) files")
     html_path = Path(html_path) if html_path else root / "report.html"
     markdown_path = Path(markdown_path) if markdown_path else root / "report.md"
     flops = model_flops(data, root / "analysis.json") if analysis else {}
@@ -417,10 +416,11 @@ def build_report(root: Path, html_path: Path | None = None, markdown_path: Path 
           f"Generated {created} from {len(data['artifacts'])} artifact(s) and {len(data['bench_files'])} benchmark "
           f"file(s). CPU here: {roofline.get('cpu')}, {roofline.get('cores')} core(s), peak fp32 "
           f"{_fmt(roofline.get('peak_fp32_gflops'), '.0f')} GFLOP/s.", ""]
+    from sdk.report.pipeline_page import pipeline_sections  # per pipeline: stages, bench, glue share, tune
     from sdk.report.zoo import zoo_sections  # the zoo's table and lesson, when root holds bench_zoo.json
     from sdk.sweep.report import sweep_sections  # a sweep's own table and figures, when root holds sweep.json
-
-    for t in _tune_sections(data["tunes"], html_path) + sweep_sections(root) + zoo_sections(root):
+    for t in _tune_sections(data["tunes"], html_path) + pipeline_sections(root) + sweep_sections(root) + zoo_sections(
+            root):
         parts.append(t["html"])
         md.append(t["md"])
     parts += ["<h2>Latency</h2>", _html_table(*tabs["latency"]), f"<p class='note'>{html.escape(measured_on(data['latency']))}</p>"]

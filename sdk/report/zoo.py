@@ -3,7 +3,8 @@ intensity and the p50 latency of its fastest verified artifact; then the pairs o
 MACs and unequal latency, with what differs between them (memory traffic, operator count, delegate partitions).
 
 `benchmarks/bench_zoo.py` measures and writes `bench_zoo.json`; this module reads it: the text table the script
-prints, the pairs, and the HTML report's zoo section (when the report folder holds that file).
+prints, the pairs, and the HTML report's zoo section (when the report folder holds that file). A pipeline model
+(MiniVLM) adds one row per stage (`pipeline_stage_rows`: params, MACs and memory traffic of each stage module).
 """
 from __future__ import annotations
 
@@ -32,14 +33,16 @@ def _best(row: dict[str, Any], precision: str | None = None) -> dict[str, Any] |
 
 
 def table_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per model, then one per stage of each pipeline model (`pipelines`: `pipeline_stage_rows`)."""
     rows = []
-    for row in doc.get("models", []):
+    for row in doc.get("models", []) + doc.get("pipelines", []):
         best = _best(row)
         a = row.get("analysis") or {}
         rows.append([row["model"], row.get("family", "?"), _f(a.get("params"), 1e6, ".2f"),
                      _f(a.get("flops"), 2e9, ".3f"), _f(a.get("mac_bytes"), 1e6, ".1f"),
                      _f(a.get("arithmetic_intensity"), 1, ".1f"), str(a.get("operator_nodes", "–")),
-                     f"{best['format']} {best['precision']}" if best else (row.get("skipped") or "none verified"),
+                     f"{best['format']} {best['precision']}" if best else (row.get("skipped") or (
+                         f"a stage of {row['pipeline']}" if row.get("pipeline") else "none verified")),
                      str(best.get("partitions", "–")) if best else "–",
                      _f(best["p50_ms"], 1, ".2f") if best else "–"]
                     + [_f(b["p50_ms"], 1, ".2f") if (b := _best(row, p)) else "–" for p in ("fp32", "int8")])
@@ -120,3 +123,28 @@ def zoo_sections(folder: Path) -> list[dict[str, str]]:
     return [{"html": f"<h2>{title}</h2><p class='note'>{html.escape(note)}</p><table><tr>{head}</tr>{body}</table>"
                      + "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lessons) + "</ul>",
              "md": "\n".join(markdown)}]
+
+
+# -- pipeline models: one row per stage ---------------------------------------------------------------------------
+def pipeline_stage_rows(name: str = "minivlm", tiny: bool = False) -> list[dict[str, Any]]:
+    """The zoo table's rows of a pipeline model (MiniVLM): params, MACs and memory traffic of each stage, counted as
+    for a single model (`sdk.measure.analysis.analyze_model`) on the stage module and its real inputs (the spec
+    `sdk.export.pipeline` exports). The glue between the stages is numpy on the device: not counted here."""
+    from sdk.export.minivlm_pipeline import pipeline_model
+    from sdk.measure.analysis import analyze_model
+    from sdk.measure.pipeline_tune import stage_spec
+
+    model = pipeline_model(f"{name}-tiny" if tiny and not name.endswith("-tiny") else name)
+    if model is None:
+        from device_runtime.errors import UsageError
+
+        raise UsageError(f"{name!r} is not a pipeline model")
+    module, samples = model.prepare()
+    rows = []
+    for stage in model.stages:
+        analysis = analyze_model(stage_spec(model, module, samples, stage))
+        rows.append({"model": f"{model.name} / {stage}", "family": "minivlm", "pipeline": model.name, "stage": stage,
+                     "analysis": {k: analysis.get(k) for k in ("params", "flops", "mac_bytes", "weights_read_bytes",
+                                                               "arithmetic_intensity", "operator_nodes", "inputs")},
+                     "artifacts": []})
+    return rows

@@ -87,6 +87,8 @@ def export_folder(request: dict[str, Any], units: list[dict[str, Any]]) -> dict[
     scratch = Path(tempfile.mkdtemp(prefix="pf-sweep-export-"))
     outcomes = []
     try:
+        if request.get("pipeline"):
+            return export_pipeline(request, units[0], scratch, started)
         for unit in units:
             t0 = time.perf_counter()
             try:
@@ -108,6 +110,40 @@ def export_folder(request: dict[str, Any], units: list[dict[str, Any]]) -> dict[
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def export_pipeline(request: dict[str, Any], unit: dict[str, Any], scratch: Path, started: float) -> dict[str, Any]:
+    """A pipeline model's job (`sdk.sweep.jobs.plan_pipeline`): the whole pipeline exported into `scratch` and
+    verified stage by stage and end to end; its folder's files, each stage's figures and the end-to-end verdict."""
+    from sdk.export.api import export
+
+    t0 = time.perf_counter()
+    try:
+        (result,) = export(request["model"], [unit["format"]], request["precision"], out_dir=scratch / request["folder"],
+                           tiny=request["tiny"], **unit["options"])
+    except PocketformerError as exc:  # refused, failed verification (a stage or end to end): recorded, not retried
+        outcome = {"file": unit["file"], "status": "failed", "error": type(exc).__name__, "reason": str(exc),
+                   "export_s": time.perf_counter() - t0}
+        return {"outcomes": [outcome], "model": {}, "failed": [], "files": {}, "worker": _where(),
+                "started": started, "ended": time.time()}
+    outcome = pipeline_outcome(result, unit["file"], time.perf_counter() - t0)
+    return {"outcomes": [outcome], "model": {}, "failed": [], "files": pack(result.path.parent, [result.path.name]),
+            "worker": _where(), "started": started, "ended": time.time()}
+
+
+def pipeline_outcome(result, file: str, export_s: float) -> dict[str, Any]:
+    """What the driver records of a pipeline export (a `PipelineExportResult`): the folder's hash and size, each
+    stage's artifact (relative to the folder), format, precision, size and verdict, and the end-to-end verdict."""
+    from device_runtime import manifest
+    from device_runtime.measure import artifact_size
+
+    stages = {s: {"artifact": Path(r.path).relative_to(result.path).as_posix(), "format": r.format,
+                  "precision": str(r.precision), "size_bytes": r.size_bytes,
+                  "max_abs_err": (r.parity.get("lowering") or {}).get("max_abs_err"), "verified": r.passed}
+              for s, r in result.stages.items()}
+    return {"file": file, "status": "ok", "verified": result.passed, "export_s": export_s,
+            "sha256": manifest.sha256_of(result.path), "size_bytes": artifact_size(str(result.path)),
+            "stages": stages, "end_to_end": {k: result.figures.get(k) for k in ("passed", "glue_share")}}
+
+
 def submit_export(request: dict[str, Any], units: list[dict[str, Any]], cpus: float, memory_gb: float):
     ray = require_ray()
     task = ray.remote(export_folder).options(num_cpus=cpus, memory=int(memory_gb * 2**30), max_retries=0,
@@ -118,7 +154,9 @@ def submit_export(request: dict[str, Any], units: list[dict[str, Any]], cpus: fl
 def _where() -> dict[str, Any]:
     import ray
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+    # Outside a Ray worker (the task's function called directly) asking for the node would start a local Ray.
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "node": node}
 
 
 # -- the device actor ------------------------------------------------------------------------------------

@@ -107,6 +107,9 @@ class ExportUnit:
     reason: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)  # export_s, size_bytes, sha256, verified, ...
+    # "pipeline": a pipeline model's whole folder (`file` is <model>/pipeline.json; figures add "stages" and
+    # "end_to_end"), exported by one task and benchmarked stage by stage
+    kind: str = "artifact"
 
     @property
     def label(self) -> str:
@@ -167,12 +170,28 @@ def weights_identity(weights: str | Path | None) -> dict[str, Any]:
     return {"source": "checkpoint", "sha256": manifest.sha256_of(path)}
 
 
-def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequence[str | None], *,
+def module_identity(spec) -> dict[str, Any]:
+    """What a user's module spec (`spec_from_module`) is beyond its repr, which leaves the module out: the state
+    dict's and the samples' hashes (two modules of one class and name must not share a cached result). Nothing for
+    a zoo spec, whose repr and weights say it all."""
+    if getattr(spec, "held", None) is None:
+        return {}
+    described = spec.describe()
+    return {"module": {k: described.get(k) for k in ("class", "state_dict_sha256", "samples_sha256")}}
+
+
+def model_label(model: Any) -> str:
+    """A model as the sweep's documents name it: a zoo or pipeline name, or a spec's name."""
+    return model if isinstance(model, str) else str(getattr(model, "name", model))
+
+
+def plan_exports(models: Sequence[Any], formats: Sequence[str], precisions: Sequence[str | None], *,
                  tiny: bool, seq_len: int | None, weights: str | Path | None, options: dict[str, Any],
                  tools: dict[str, str]) -> tuple[list[ExportJob], list[ExportUnit]]:
     """The export jobs to run and the units refused before any work (each with the converter's reason)."""
     from converters import get_converter
     from converters.base import UnsupportedError
+    from sdk.export.pipeline import is_pipeline_model
     from sdk.export.plan import plan, resolve_spec, split_options
     from sdk.export.shapes import OneShape
 
@@ -182,6 +201,11 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
     jobs: dict[tuple[str, str], ExportJob] = {}
     refused: list[ExportUnit] = []
     for name in models:
+        if is_pipeline_model(name):  # several artifacts and glue (MiniVLM): one job per format x precision
+            for job in plan_pipeline(name, converters, precisions, tiny=tiny, seq_len=seq_len, weights=weights,
+                                     options=options, tools=tools):
+                jobs[(job.folder, job.units[0].file)] = job
+            continue
         spec = resolve_spec(name, tiny, OneShape(seq_len), weights)
         for conv in converters:
             own = {k: v for k, v in options.items() if k in conv.option_names() and v is not None}
@@ -197,13 +221,40 @@ def plan_exports(models: Sequence[str], formats: Sequence[str], precisions: Sequ
                                   p.final.name, p.kwargs, digest({
                                       "spec": repr(spec), "weights": weights_id, "format": conv.format,
                                       "precision": str(p.precision), "requested": p.precision.requested,
-                                      "options": p.kwargs, "tools": tools}))
+                                      "options": p.kwargs, "tools": tools, **module_identity(spec)}))
                 if (folder, unit.file) in jobs:
                     continue  # the same artifact asked for twice (a repeated format or precision)
                 jobs[(folder, unit.file)] = ExportJob(spec.name, p.precision.requested, folder, [unit], {
                     "model": name, "tiny": tiny, "seq_len": seq_len,
                     "weights": str(weights) if weights else None, "precision": requested})
     return list(jobs.values()), refused
+
+
+def plan_pipeline(name: str, converters: Sequence[Any], precisions: Sequence[str | None], *, tiny: bool,
+                  seq_len: int | None, weights: str | Path | None, options: dict[str, Any],
+                  tools: dict[str, str]) -> list[ExportJob]:
+    """A pipeline model's jobs: one per format x precision, every stage in it, each exporting the whole pipeline
+    (stages verified alone and end to end, `sdk.export.pipeline`) into a folder of its own,
+    `<model>@<format>-<precision>/<model>/`, since two pipelines of one model share stage paths."""
+    from sdk.export.minivlm_pipeline import pipeline_model
+
+    if weights is not None or seq_len is not None:
+        raise UsageError(f"{name} is a pipeline of fixed-shape stages with random weights: --weights and --seq-len "
+                         "do not apply to it")
+    model = pipeline_model(f"{name}-tiny" if tiny and not name.endswith("-tiny") else name)
+    jobs = []
+    for conv in converters:
+        own = {k: v for k, v in options.items() if k in conv.option_names() and v is not None}
+        for requested in precisions:
+            label = str(requested or "default")
+            folder, file = f"{model.name}@{conv.format}-{label}", f"{model.name}/pipeline.json"
+            unit = ExportUnit(model.name, conv.format, label, label, folder, file, own, digest({
+                "pipeline": model.describe(), "format": conv.format, "precision": label, "options": own,
+                "tools": tools}), kind="pipeline")
+            jobs.append(ExportJob(model.name, label, folder, [unit], {
+                "model": name, "tiny": tiny, "seq_len": None, "weights": None, "precision": requested,
+                "pipeline": True}))
+    return jobs
 
 
 def bench_key(unit: BenchUnit, sha256: str, runs: int, warmup: int, threads: int | None,
@@ -275,6 +326,9 @@ def cached_export(cache: Cache, out: Path, unit: ExportUnit) -> dict[str, Any] |
     record = cache.get(unit.key)
     if not record:
         return None
+    if unit.kind == "pipeline":  # the whole folder, as the export task returned it
+        folder = out / unit.folder / unit.model
+        return record if folder.is_dir() and manifest.sha256_of(folder) == record.get("sha256") else None
     try:
         entry = manifest.read_manifest(out / unit.folder).artifacts.get(unit.file)
     except manifest.ManifestError:

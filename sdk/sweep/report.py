@@ -138,7 +138,28 @@ def table_rows(document: dict[str, Any], full: bool = False) -> tuple[list[str],
                 cell = _cell(bad) if bad else "-"
             row.append(cell)
         rows.append(row)
+        if e.get("kind") == "pipeline":  # its p50 is end to end; then one row per stage, from the same benchmarks
+            row[3] += " (pipeline: p50 end to end" + (f", glue {100 * e2e:.0f}% at export)" if isinstance(
+                e2e := (f.get("end_to_end") or {}).get("glue_share"), (int, float)) else ")")
+            rows += stage_rows(e, by_artifact.get((e["model"], e["format"], e["precision"]), {}), devices)
     return header, rows
+
+
+def stage_rows(export: dict[str, Any], benches: dict[str, list], devices: list[str]) -> list[list[str]]:
+    """A pipeline export's stages: format, precision, size, verified alone, and each device's median p50 of the
+    stage's artifact (a benchmark's stages are keyed by artifact path: a decode loop's artifact has its own name)."""
+    rows = []
+    for stage, info in (export["figures"].get("stages") or {}).items():
+        key = info.get("artifact")
+        row = [f"{export['model']} / {stage}", str(info.get("format")), str(info.get("precision")),
+               "stage " + ("verified" if info.get("verified") else "NOT verified"), "-",
+               f"{info['size_bytes'] / 1e6:.2f}" if info.get("size_bytes") else "-"]
+        for d in devices:
+            values = sorted(u["figures"]["stages"][key] for u in benches.get(d, [])
+                            if u["status"] in ("ok", "cached") and key in (u["figures"].get("stages") or {}))
+            row.append(f"{values[len(values) // 2]:.3f} ms" if values else "-")
+        rows.append(row)
+    return rows
 
 
 def summary_lines(document: dict[str, Any]) -> list[str]:

@@ -32,14 +32,14 @@ from sdk.sweep import cluster as ray_cluster
 from sdk.console.progress import Progress
 from sdk.export.records import tool_versions
 from sdk.sweep.jobs import (BenchUnit, Cache, Device, ExportUnit, ExportJob, bench_key, cached_bench, cached_export,
-                            pack, plan_exports, unpack)
+                            model_label, pack, plan_exports, unpack)
 from sdk.sweep.report import SweepLine, figures, write_documents
 
 POLL_S = 0.5
 ACTOR_START_S = 300  # a device actor's worker process starting (slow only on a loaded host)
 
 
-def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions: Sequence[str | None] = (None,),
+def sweep(models: Sequence[Any], formats: Sequence[str] = ("onnx",), precisions: Sequence[str | None] = (None,),
           devices: Sequence[str | Device] = ("local",), repeats: int = 1, *, out_dir: str | Path = "out",
           tiny: bool = False, seq_len: int | None = None, weights: str | Path | None = None, runs: int = 20,
           warmup: int = 3, threads: int | None = None, retries: int = 2, address: str | None = None,
@@ -48,7 +48,10 @@ def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions:
           connect_timeout: float = 60, fresh: bool = False, progress: Progress | None = None,
           verbose: bool = False, remote_python: str | None = None, ssh_key: str | None = None,
           ssh_options: Sequence[str] = (), runner: str | None = None, **options: Any) -> dict[str, Any]:
-    """Run the sweep; returns the document also written to `out_dir/sweep.json`. See the module docstring."""
+    """Run the sweep; returns the document also written to `out_dir/sweep.json`. See the module docstring.
+
+    `models` are zoo model names, or specs as `sdk.export` takes them (`spec_from_module(module, ...)`: the user's
+    own nn.Module, sent to the export tasks whole; its key holds the state dict's and the samples' hashes)."""
     started = time.perf_counter()  # wall time: planning, cache checks and the run; Ray's start-up apart
     for name, value, low in (("repeats", repeats, 0), ("runs", runs, 1), ("retries", retries, 0),
                              ("warmup", warmup, 0), ("export_cpus", export_cpus, 1e-9)):
@@ -89,7 +92,7 @@ def sweep(models: Sequence[str], formats: Sequence[str] = ("onnx",), precisions:
         if run.started:  # nothing ran when Ray itself was missing: no sweep.json to write
             document = {
                 "schema": "pocketformer.sweep/1", "out": str(out), "cluster": info, "workers": run.workers,
-                "settings": {"models": list(models), "formats": list(formats), "precisions": [
+                "settings": {"models": [model_label(m) for m in models], "formats": list(formats), "precisions": [
                     p or "default" for p in (precisions or (None,))], "devices": [vars(d) for d in targets],
                     "repeats": repeats, "tiny": tiny, "seq_len": seq_len, "weights": str(weights) if weights else None,
                     "runs": runs, "warmup": warmup, "threads": threads, "retries": retries,
@@ -226,6 +229,9 @@ class _Run:
                 unit.attempts.append({**attempt, "error": outcome["error"], "reason": outcome["reason"]})
                 unit.status, unit.reason = "failed", f"{outcome['error']}: {outcome['reason']}"
                 continue
+            if unit.kind == "pipeline":
+                self._pipeline_done(unit, result["files"], outcome, attempt, worker)
+                continue
             entry = manifest.ArtifactEntry.from_dict(outcome["entry"])
             try:
                 unpack(result["files"], folder, unit.file)
@@ -245,6 +251,26 @@ class _Run:
             self._add_benchmarks(unit)
         for attempt in result["failed"]:
             manifest.record_failure(folder, result["model"], attempt)
+
+    def _pipeline_done(self, unit: ExportUnit, files: dict[str, bytes], outcome: dict[str, Any],
+                       attempt: dict[str, Any], worker: dict[str, Any]) -> None:
+        """A pipeline job's folder into the merged one (replacing it whole), checked against the task's hash."""
+        folder = self.out / unit.folder
+        try:
+            unpack(files, folder, unit.model)
+            if manifest.sha256_of(folder / unit.model) != outcome["sha256"]:
+                raise manifest.ArtifactModifiedError(f"{folder / unit.model}: the files written differ from those "
+                                                     "the worker exported")
+        except (PocketformerError, OSError) as exc:
+            unit.attempts.append({**attempt, "error": type(exc).__name__, "reason": str(exc)})
+            unit.status, unit.reason = "failed", f"{type(exc).__name__} writing the merged folder: {exc}"
+            return
+        unit.attempts.append(attempt)
+        unit.status = "ok"
+        unit.figures = {k: outcome[k] for k in ("export_s", "size_bytes", "sha256", "verified", "stages", "end_to_end")}
+        unit.figures["worker"] = worker
+        self.cache.put(unit.key, unit.figures)
+        self._add_benchmarks(unit)
 
     def _export_failed(self, job: ExportJob, error: str, reason: str, retry: bool, t0: float) -> None:
         units = [u for u in job.units if u.status == "running"]
@@ -287,8 +313,8 @@ class _Run:
     def _submit_bench(self, state: _Device, unit: BenchUnit) -> None:
         export = unit.export
         if export.key not in self.payloads:
-            self.payloads[export.key] = ray_cluster.put(pack(self.out / export.folder,
-                                                           [manifest.MANIFEST_NAME, export.file]))
+            names = [export.model] if export.kind == "pipeline" else [manifest.MANIFEST_NAME, export.file]
+            self.payloads[export.key] = ray_cluster.put(pack(self.out / export.folder, names))
         unit.status = "running"
         a = self.bench_args
         ref = state.actor.bench.remote(self.payloads[export.key], export.file, a["runs"], a["warmup"], a["threads"])
@@ -325,11 +351,16 @@ class _Run:
         rel = Path("bench") / export.folder / f"{export.file}@{state.device.name}.r{unit.repeat}.json"
         atomic.write_json(self.out / rel, document)
         latency = (document.get("results") or [{}])[0].get("latency") or {}
+        stages = {}
+        if document.get("schema") == "pocketformer.pipeline-bench":  # stage by stage (sdk.measure.pipeline_bench)
+            latency = document["end_to_end"]["latency"]
+            stages = {"stages": {s["artifact"]: s["latency"]["p50"] for s in document["stages"] if s.get("artifact")},
+                      "glue_share": document["glue_share"]}
         unit.status = "ok"
         unit.attempts.append({"attempt": len(unit.attempts) + 1, "seconds": time.monotonic() - t0,
                               **document.get("sweep_worker", {})})
         unit.figures = {"bench_file": rel.as_posix(), "p50_ms": latency.get("p50"), "mean_ms": latency.get("mean"),
-                        "seconds": time.monotonic() - t0}
+                        "seconds": time.monotonic() - t0, **stages}
         self.cache.put(unit.key, unit.figures)
         self._release(export)
 
