@@ -111,8 +111,25 @@ def _prune_export_cache() -> None:
             (EXPORT_CACHE / f"{done.parent.name}.lock").unlink(missing_ok=True)
 
 
+SETUP_LOCK = ROOT / ".cache" / "setup.lock"  # held by .ci/run while it builds the device environments
+
+
+def _wait_for_setup() -> None:
+    """.ci/run builds the boards and system packages in the background while pip installs: wait for that build
+    (it holds SETUP_LOCK) so no board test skips for starting early. Nothing to wait for outside CI."""
+    if not SETUP_LOCK.exists():
+        return
+    start = time.time()
+    with open(SETUP_LOCK) as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    waited = time.time() - start
+    if waited > 1:
+        print(f"waited {waited:.0f} s for .ci/run's device environments (.cache/setup.log)")
+
+
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), before any test
+        _wait_for_setup()
         _prune_export_cache()
 
 
