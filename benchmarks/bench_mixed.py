@@ -37,32 +37,54 @@ def vision_models() -> list[str]:
             if get_model(name).int8_scheme == "static" and get_model(name).preprocessing().get("kind") == "image"]
 
 
-def bench_model(name: str, tiny: bool, runs: int, threads: int, out: Path) -> dict:
+def _export(export, spec, precision: str, out: Path, options: dict):
+    result = export(spec, "tflite", precision, out_dir=out, **options)[0]
+    return result.path, result.entry
+
+
+def reusable(out: Path, name: str, precision: str):
+    """(path, manifest entry) of a verified .tflite already exported into OUT at this precision, or None."""
+    from device_runtime.manifest import read_manifest
+
+    folder = out / name / precision
+    try:
+        entry = read_manifest(folder).artifacts["model.tflite"]
+    except Exception:  # no manifest, or none for this file: export it
+        return None
+    path = folder / entry.file
+    return (path, entry) if entry.verified and entry.matches(path) else None
+
+
+def bench_model(name: str, tiny: bool, runs: int, threads: int, out: Path, precisions=PRECISIONS,
+                reuse: tuple[str, ...] = (), time_it: bool = True) -> dict:
     from device_runtime.isolated import benchmark_isolated
     from models_zoo import get_model
     from sdk.export.api import export
 
     spec = get_model(name, tiny=tiny)
     row: dict = {"model": spec.name, "family": spec.family, "threads": threads, "exports": {}}
-    for precision in PRECISIONS:
+    for precision in precisions:
         options = {"mixed_plan": str(out / spec.name / "mixed-plan.json"), "mixed_threads": threads} \
             if precision == "mixed" else {}
         (out / spec.name).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        found = reusable(out, spec.name, precision) if reuse and precision in reuse else None
         try:
-            result = export(spec, "tflite", precision, out_dir=out, **options)[0]
+            path, entry = found or _export(export, spec, precision, out, options)
         except Exception as exc:  # a benchmark reports a failure and goes on
             row["exports"][precision] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             print(f"  FAILED {precision}: {row['exports'][precision]['error']}", flush=True)
             continue
-        quant = result.parity.get("quantization") or {}
+        quant = entry.parity.get("quantization") or {}
         row["exports"][precision] = {
-            "path": str(result.path), "size_mb": result.size_bytes / 1e6, "export_s": time.perf_counter() - start,
+            "path": str(path), "size_mb": entry.size_bytes / 1e6, "export_s": time.perf_counter() - start,
+            "reused": found is not None,
             "sqnr_db_vs_fp32": quant.get("sqnr_db"), "top1_vs_fp32": quant.get("top1_agreement"),
-            "samples": quant.get("samples"), "passed": result.passed, "mixed": result.details.get("mixed")}
-        print(f"  {precision}: exported in {row['exports'][precision]['export_s']:.0f} s", flush=True)
+            "samples": quant.get("samples"), "passed": entry.verified, "mixed": entry.details.get("mixed")}
+        print(f"  {precision}: {'reused' if found else 'exported in'} "
+              f"{'' if found else format(row['exports'][precision]['export_s'], '.0f') + ' s'}", flush=True)
     done = {p: e for p, e in row["exports"].items() if "path" in e}
-    if done:
+    if done and time_it:
         feed = spec.sample_inputs()[0]
         bench = benchmark_isolated([e["path"] for e in done.values()], runs=runs, warmup=5, threads=threads,
                                    feeds=[feed] * len(done), names=list(done), pte_python=None)
@@ -123,14 +145,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="out/bench-mixed", help="where artifacts and plans go")
     parser.add_argument("--json", default=None, help="results file (default: OUT/results.json)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help="export only these (e.g. fp32,int8 on a busy machine, then the whole run on a quiet one)")
+    parser.add_argument("--reuse", default="fp32,int8",
+                        help="precisions whose verified export in OUT is reused rather than rebuilt (their export "
+                             "times nothing; the mixed search times its units, so mixed is rebuilt by default)")
     args = parser.parse_args()
     out = Path(args.out)
     results_path = Path(args.json) if args.json else out / "results.json"
 
+    wanted = tuple(p for p in args.precisions.split(",") if p)
     rows = []
     for name in args.models or vision_models():
         print(f"== {name}{' (tiny)' if args.tiny else ''}", flush=True)
-        rows.append(bench_model(name, args.tiny, args.runs, args.threads, out))
+        rows.append(bench_model(name, args.tiny, args.runs, args.threads, out, precisions=wanted,
+                                reuse=tuple(p for p in args.reuse.split(",") if p), time_it=set(wanted) == set(PRECISIONS)))
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(rows, indent=2, default=str))
     misses = print_table(rows)
