@@ -82,13 +82,52 @@ def calibration_photo_paths() -> list[Path]:
     return photo_paths(CALIBRATION_PHOTOS)
 
 
+# How the image is brought to the crop: "short-side" (absent from the block: every preprocessing written before
+# the key existed) resizes the short side to min(size)/crop_pct, keeping the aspect ratio (timm's eval transform);
+# "stretch" resizes each side to its own size/crop_pct, squeezing the image (timm's crop_mode "squash",
+# transformers' `size` {height, width}). Both then centre-crop `size`. android_demo's ImagePreprocessor reads the
+# same key; any other value is refused everywhere rather than silently run as a short-side resize.
+RESIZE_MODES = ("short-side", "stretch")
+
+
+def resize_mode(prep: dict[str, Any]) -> str:
+    mode = prep.get("resize", "short-side")
+    if mode not in RESIZE_MODES:
+        raise UsageError(f"image preprocessing resize {mode!r} is not one of {', '.join(RESIZE_MODES)} (a newer "
+                         "export than this runtime?)")
+    return mode
+
+
+def resized_size(prep: dict[str, Any], width: int, height: int) -> tuple[int, int]:
+    """(width, height) an image of `width`x`height` is resized to before the centre crop of `prep["size"]`."""
+    crop_h, crop_w = prep["size"]
+    if resize_mode(prep) == "stretch":
+        return int(np.floor(crop_w / prep["crop_pct"])), int(np.floor(crop_h / prep["crop_pct"]))
+    scale_size = int(np.floor(min(crop_h, crop_w) / prep["crop_pct"]))
+    if width < height:
+        return scale_size, int(round(scale_size * height / width))
+    return int(round(scale_size * width / height)), scale_size
+
+
+def describe_resize(prep: dict[str, Any]) -> str:
+    """The resize and crop in words (model descriptions such as Core ML's)."""
+    crop_h, crop_w = prep["size"]
+    if resize_mode(prep) == "stretch":
+        new_w, new_h = resized_size(prep, crop_w, crop_h)
+        crop = f" and centre-crop {crop_h}x{crop_w}" if (new_h, new_w) != (crop_h, crop_w) else ""
+        return f"stretch to {new_h}x{new_w}, not keeping the aspect ratio{',' if crop else ''}{crop}"
+    return f"resize the short side to {min(crop_h, crop_w)}/{prep['crop_pct']:g} and centre-crop {crop_h}x{crop_w}"
+
+
 def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
-    """timm's eval transform in numpy: resize the short side to size/crop_pct, centre-crop, scale, normalise.
+    """timm's eval transform in numpy: resize (`resize_mode`: the short side, or both sides), centre-crop, scale,
+    normalise.
 
     `image` is a path or an HxWxC uint8 array; returns float32 NCHW with batch 1.
     """
     from PIL import Image
 
+    resized_size(prep, 1, 1)  # a resize mode this code does not know is refused before the image is read
     if isinstance(image, (str, Path)):
         try:
             pil = Image.open(image)
@@ -99,12 +138,7 @@ def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
         pil = Image.fromarray(np.asarray(image))
     pil = pil.convert("RGB")
     height, width = prep["size"]
-    scale_size = int(np.floor(min(height, width) / prep["crop_pct"]))
-    w, h = pil.size
-    if w < h:
-        new_w, new_h = scale_size, int(round(scale_size * h / w))
-    else:
-        new_w, new_h = int(round(scale_size * w / h)), scale_size
+    new_w, new_h = resized_size(prep, *pil.size)
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[prep["interpolation"]]
     pil = pil.resize((new_w, new_h), resample)
     left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))

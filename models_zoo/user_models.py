@@ -11,7 +11,8 @@ A folder holding `config.json` is a model (`pocketformer export PATH --to pte`, 
   its `tokenizer.json`), the lower-casing and maximum length from `tokenizer_config.json`. Image classifiers
   (`MobileViTForImageClassification`, `DeiTForImageClassification[WithTeacher]`, `ViTForImageClassification`)
   are transformers' own model from the folder with the vision families' recipe, their labels from `id2label`
-  and their preprocessing from `preprocessor_config.json` (`models_zoo.hf_vision`).
+  and their preprocessing from `preprocessor_config.json` (`models_zoo.hf_vision`); the bare encoders
+  (`MobileViTModel`, `ViTModel`, `DeiTModel`) likewise, exported as image embedders (no labels).
 - timm (`config.json` with `architecture`, `num_classes`, `pretrained_cfg`): the zoo's spec of that architecture
   with the folder's class count, label names (`label_names`) and preprocessing (input size, mean/std, crop,
   interpolation from `pretrained_cfg`).

@@ -308,11 +308,11 @@ def test_hugging_face_image_folders_are_read_with_their_own_preprocessing(image_
         theirs = processor(Image.open(photo).convert("RGB"), return_tensors="np")["pixel_values"]
         np.testing.assert_array_equal(preprocess_image(photo, prep)[:, ::-1], theirs)
     assert vit.preprocessing() == {"kind": "image", "size": [32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
-                                   "mean": [0.5] * 3, "std": [0.5] * 3}
+                                   "mean": [0.5] * 3, "std": [0.5] * 3, "resize": "stretch"}
     prep = deit.preprocessing()
     assert prep["size"] == [64, 64] and int(64 / prep["crop_pct"]) == 72 and prep["interpolation"] == "bicubic"
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
-    assert "stretches each image to 72x72" in deit.describe()["preprocessing_note"]
+    assert prep["resize"] == "stretch" and int(np.floor(64 / prep["crop_pct"])) == 72  # squeezed, then cropped
     # The folder's weights, not a fresh init: the built module gives the saved model's logits (with spread).
     for spec, name in ((mvit, "photos-mvit"), (vit, "photos-vit"), (deit, "photos-deit")):
         module = spec.build()

@@ -83,13 +83,14 @@ def image_details(prep):
 def describe_input(s, prep, image_input) -> str:
     shape = "x".join(str(d) for d in s.shape)
     if prep.get("kind") == "image":
+        from models_zoo.data import describe_resize
+
+        # Core ML's image input takes the crop itself: the app resizes (short side or stretch) as described.
         if image_input:
-            return (f"RGB image {s.shape[-1]}x{s.shape[-2]} (resize the short side to "
-                    f"{prep['size'][0]}/{prep['crop_pct']:g} and centre-crop); normalised inside the model with "
-                    f"mean {prep['mean']} and std {prep['std']}")
+            return (f"RGB image {s.shape[-1]}x{s.shape[-2]} ({describe_resize(prep)}); normalised inside the "
+                    f"model with mean {prep['mean']} and std {prep['std']}")
         return (f"float32 [{shape}] NCHW image, RGB scaled to [0, 1] then normalised with mean {prep['mean']} "
-                f"and std {prep['std']} (resize the short side to {prep['size'][0]}/{prep['crop_pct']:g}, "
-                f"centre-crop, {prep['interpolation']})")
+                f"and std {prep['std']} ({describe_resize(prep)}, {prep['interpolation']})")
     texts = {"input_ids": "WordPiece token ids (bert-base-uncased vocabulary, lower-cased), padded with 0",
              "attention_mask": "1 for real tokens, 0 for padding",
              "token_type_ids": "segment ids: 0 for the first sentence, 1 for the second"}

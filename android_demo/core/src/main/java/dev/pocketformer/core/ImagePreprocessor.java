@@ -5,8 +5,8 @@ import java.util.Map;
 
 /**
  * models_zoo/data.py's preprocess_image (timm's eval transform) on an RGB image: resize the short side to
- * floor(min(size) / crop_pct) with Pillow's resampling, centre-crop to size, scale to [0, 1], normalise by
- * mean/std, NCHW float32 with batch 1.
+ * floor(min(size) / crop_pct) with Pillow's resampling (or, resize "stretch", each side to floor(its size /
+ * crop_pct)), centre-crop to size, scale to [0, 1], normalise by mean/std, NCHW float32 with batch 1.
  *
  * <p>The resize is Pillow's (libImaging/Resample.c) re-implemented: separable convolution whose kernel support
  * widens by the scale when downscaling (the antialiasing), coefficients normalised per output pixel then turned
@@ -180,6 +180,18 @@ public final class ImagePreprocessor {
         return (int) Math.rint(v);
     }
 
+    /**
+     * The block's resize mode (models_zoo.data.RESIZE_MODES): "short-side" (the key absent: bundles made before it
+     * existed) keeps the aspect ratio, "stretch" resizes each side on its own. Any other value is refused, not run
+     * as a short-side resize: a tensor of the right shape but the wrong pixels would pass unnoticed.
+     */
+    public static boolean stretches(Map<String, Object> prep) {
+        Object mode = prep.get("resize");
+        if (mode == null || "short-side".equals(mode)) return false;
+        if ("stretch".equals(mode)) return true;
+        throw new IllegalArgumentException("image preprocessing resize " + mode + " is not one of short-side, stretch (a newer export than this app?)");
+    }
+
     /** The model's input tensor [1, 3, H, W] from an RGB image and the bundle's image preprocessing block. */
     public static Tensor preprocess(Rgb image, Map<String, Object> prep) {
         List<Object> size = Json.list(prep, "size");
@@ -189,14 +201,20 @@ public final class ImagePreprocessor {
             throw new IllegalArgumentException("the image preprocessing needs size [h, w], crop_pct, and 3 mean and std values");
         }
         int height = ((Number) size.get(0)).intValue(), width = ((Number) size.get(1)).intValue();
-        int scaleSize = (int) Math.floor(Math.min(height, width) / cropPct);
         int w = image.width, h = image.height, newW, newH;
-        if (w < h) {
-            newW = scaleSize;
-            newH = pyRound(scaleSize * (double) h / w);
+        if (stretches(prep)) {
+            // both sides to their own size / crop_pct, the aspect ratio not kept (a ViT processor's size {height, width})
+            newW = (int) Math.floor(width / cropPct);
+            newH = (int) Math.floor(height / cropPct);
         } else {
-            newW = pyRound(scaleSize * (double) w / h);
-            newH = scaleSize;
+            int scaleSize = (int) Math.floor(Math.min(height, width) / cropPct);
+            if (w < h) {
+                newW = scaleSize;
+                newH = pyRound(scaleSize * (double) h / w);
+            } else {
+                newW = pyRound(scaleSize * (double) w / h);
+                newH = scaleSize;
+            }
         }
         String interpolation = Json.str(prep, "interpolation");
         Rgb resized = resize(image, newW, newH, interpolation == null ? "bicubic" : interpolation);
