@@ -68,6 +68,20 @@ class MiniVLMPipeline:
         return {"detector": model.detector, "box_head": model.box_head, "fusion": model.fusion,
                 "caption": model.caption_stage}
 
+    def stage_tolerances(self, stage: str) -> dict[str, Any] | None:
+        """The stage's own tolerances where the defaults of `spec_from_module` do not fit (None: the defaults).
+
+        The detector's outputs are BiFPN feature maps, not logits: fp32 rounding there is measured at full size as
+        3.7e-4 of the maps' largest value (69 dB; LiteRT's fp32 kernels against PyTorch over ~250 layers of a
+        random-init EfficientNet-B0 and BiFPN, where each layer's summation order and XNNPACK's polynomial sigmoid
+        differ a little), against the 1e-5 every logit output meets. 1e-3 with a 60 dB floor bounds that; the tiny
+        detector meets 1e-5 still, and the whole pipeline's fp32 check (same regions, same caption) is unchanged."""
+        if stage == "detector":
+            from models_zoo.spec import Tolerance
+
+            return {"fp32": Tolerance(atol=1e-4, rtol=1e-3, min_sqnr_db=60.0)}
+        return None
+
     def stage_io(self, stage: str) -> tuple[list[dict], list[str]]:
         """A stage's inputs (spec_from_module's dicts) and output names, from `stage_specs()`."""
         spec = self.specs["stages"][stage]

@@ -152,14 +152,23 @@ def export_pipeline_model(model: str, formats: Sequence[str], precision: str | N
                             progress=progress, **options)]
 
 
+def stage_spec(model, module, samples: list[dict], stage: str):
+    """A pipeline stage as a spec `sdk.export` takes: its module, inputs, real samples, output names and tolerances
+    (one way, so `tune`'s per-stage candidates are the artifacts the pipeline's export reuses)."""
+    from models_zoo.module_spec import spec_from_module
+
+    inputs, output_names = model.stage_io(stage)
+    return spec_from_module(model.modules(module)[stage], inputs=inputs, name=f"{model.name}-{stage}",
+                            samples=[s["stages"][stage] for s in samples], output_names=output_names,
+                            tolerances=model.stage_tolerances(stage))
+
+
 def export_pipeline(name: str, formats: Sequence[str], precision: str | None = None, out_dir: str | Path = "out",
                     *, stage_export: Callable[..., list], tiny: bool = False, stages: Mapping[str, Any] | None = None,
                     progress: Progress | None = None, **options: Any) -> PipelineExportResult:
     """Export, verify and record the pipeline model `name` in `out_dir/<name>/` (see the module docstring); each
     stage's spec goes through `stage_export` (`sdk.export`). `options` are the formats' own options, each given
     to the stages of the formats that declare it."""
-    from models_zoo.module_spec import spec_from_module
-
     progress = progress or Progress(enabled=False)
     model = pipeline_model(f"{name}-tiny" if tiny and not name.endswith("-tiny") else name)
     if model is None:
@@ -175,9 +184,7 @@ def export_pipeline(name: str, formats: Sequence[str], precision: str | None = N
     results, artifacts = {}, {}
     for stage in model.stages:
         fmt, prec = chosen[stage]
-        inputs, output_names = model.stage_io(stage)
-        spec = spec_from_module(model.modules(module)[stage], inputs=inputs, name=f"{model.name}-{stage}",
-                                samples=[s["stages"][stage] for s in samples], output_names=output_names)
+        spec = stage_spec(model, module, samples, stage)
         own = {k: v for k, v in options.items() if k in get_converter(fmt).option_names()}
         result = reusable(spec, fmt, prec, root, own)
         if result is not None:

@@ -30,16 +30,6 @@ SCHEMA_VERSION = 1
 TUNE_NAME = "tune.json"
 
 
-def stage_spec(model, module, samples: list[dict], stage: str):
-    """The stage's spec exactly as `sdk.export.pipeline.export_pipeline` makes it (so a candidate exported here is
-    the artifact the pipeline's export reuses)."""
-    from models_zoo.module_spec import spec_from_module
-
-    inputs, output_names = model.stage_io(stage)
-    return spec_from_module(model.modules(module)[stage], inputs=inputs, name=f"{model.name}-{stage}",
-                            samples=[s["stages"][stage] for s in samples], output_names=output_names)
-
-
 def tune_pipeline(name: str, out_dir: str | Path = "out", *, tiny: bool = False,
                   formats: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
                   stages: Sequence[str] | None = None, max_error: float | None = None, runs: int = 20,
@@ -54,7 +44,7 @@ def tune_pipeline(name: str, out_dir: str | Path = "out", *, tiny: bool = False,
     from sdk.console.progress import Progress
     from sdk.export.api import export
     from sdk.export.minivlm_pipeline import pipeline_model
-    from sdk.export.pipeline import list_pipeline_models, reusable
+    from sdk.export.pipeline import list_pipeline_models, reusable, stage_spec
     from sdk.export.records import tool_versions
     from sdk.measure.candidates import candidates, error_vs_fp32
 

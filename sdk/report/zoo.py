@@ -132,7 +132,7 @@ def pipeline_stage_rows(name: str = "minivlm", tiny: bool = False) -> list[dict[
     `sdk.export.pipeline` exports). The glue between the stages is numpy on the device: not counted here."""
     from sdk.export.minivlm_pipeline import pipeline_model
     from sdk.measure.analysis import analyze_model
-    from sdk.measure.pipeline_tune import stage_spec
+    from sdk.export.pipeline import stage_spec
 
     model = pipeline_model(f"{name}-tiny" if tiny and not name.endswith("-tiny") else name)
     if model is None:
