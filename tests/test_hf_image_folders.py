@@ -159,7 +159,9 @@ def test_embedding_folders_export_verify_and_run(folders, tmp_path, capsys):
     np.testing.assert_allclose(ours, _theirs(models["vit-enc"], pixels, "cls"), rtol=1e-4, atol=1e-5)
     capsys.readouterr()
     assert main(["run", str(vit_onnx), "--image", str(photo)]) == EXIT_OK
-    assert "image_embedding: float32[1, 32]" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "image_embedding: float32[1, 32]" in printed and "L2 norm" in printed
+    assert "class 0" not in printed and "p=" not in printed  # an embedding has no classes to rank
 
 
 def test_what_the_shared_preprocessing_cannot_honour_is_refused(folders, tmp_path):

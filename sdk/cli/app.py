@@ -132,9 +132,12 @@ def cmd_run(args) -> int:
     outputs = session.run(None, feed)
     model, entry = report_for_artifact(artifact, trust=True)
     labels = model.get("labels")
+    # Rankings are for classifiers; an embedding (or any output without classes) is shown as numbers, never as
+    # "class i" probabilities it does not have.
+    ranks = "embedding" not in str(model.get("task", "")) and "custom" != model.get("task")
     for info, out in zip(session.get_outputs(), outputs):
         print(f"{info.name}: {out.dtype.name}{list(out.shape)}")
-        if out.ndim == 2 and out.shape[0] == 1 and np.issubdtype(out.dtype, np.floating):
+        if ranks and out.ndim == 2 and out.shape[0] == 1 and np.issubdtype(out.dtype, np.floating):
             logits = out[0].astype(np.float64)
             probs = np.exp(logits - logits.max())
             probs /= probs.sum()
@@ -142,7 +145,8 @@ def cmd_run(args) -> int:
                 label = labels[idx] if labels and idx < len(labels) else f"class {idx}"
                 print(f"  {rank}. {label:<40} p={probs[idx]:.4f}  logit={logits[idx]:+.4f}")
         else:
-            print("  " + np.array2string(out.ravel()[:10], precision=4))
+            norm = f"  (L2 norm {np.linalg.norm(out.ravel()):.4f})" if np.issubdtype(out.dtype, np.floating) else ""
+            print("  " + np.array2string(out.ravel()[:10], precision=4) + norm)
     if (entry or {}).get("weights", {}).get("source") == "random":
         print("note: this artifact was exported with random weights; its predictions are not meaningful")
     return EXIT_OK
