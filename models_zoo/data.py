@@ -88,6 +88,23 @@ def calibration_photo_paths() -> list[Path]:
 # transformers' `size` {height, width}). Both then centre-crop `size`. android_demo's ImagePreprocessor reads the
 # same key; any other value is refused everywhere rather than silently run as a short-side resize.
 RESIZE_MODES = ("short-side", "stretch")
+# How a fractional size or crop offset becomes a pixel count: "round" (absent from the block: the zoo's, timm's
+# eval transform) rounds the short-side resize's long side and the centre crop's offset (half to even); "floor"
+# (transformers' image processors: `int(size * long / short)`, `(new - crop) // 2`) truncates both. A folder's own
+# processor is reproduced to the pixel only with its own rounding.
+ROUNDINGS = ("round", "floor")
+
+
+def rounding(prep: dict[str, Any]) -> str:
+    mode = prep.get("rounding", "round")
+    if mode not in ROUNDINGS:
+        raise UsageError(f"image preprocessing rounding {mode!r} is not one of {', '.join(ROUNDINGS)} (a newer "
+                         "export than this runtime?)")
+    return mode
+
+
+def _to_pixels(value: float, prep: dict[str, Any]) -> int:
+    return int(np.floor(value)) if rounding(prep) == "floor" else int(round(value))
 
 
 def resize_mode(prep: dict[str, Any]) -> str:
@@ -105,8 +122,14 @@ def resized_size(prep: dict[str, Any], width: int, height: int) -> tuple[int, in
         return int(np.floor(crop_w / prep["crop_pct"])), int(np.floor(crop_h / prep["crop_pct"]))
     scale_size = int(np.floor(min(crop_h, crop_w) / prep["crop_pct"]))
     if width < height:
-        return scale_size, int(round(scale_size * height / width))
-    return int(round(scale_size * width / height)), scale_size
+        return scale_size, _to_pixels(scale_size * height / width, prep)
+    return _to_pixels(scale_size * width / height, prep), scale_size
+
+
+def crop_origin(prep: dict[str, Any], new_w: int, new_h: int) -> tuple[int, int]:
+    """(left, top) of the centre crop of `prep["size"]` in an image resized to `new_w`x`new_h`."""
+    height, width = prep["size"]
+    return _to_pixels((new_w - width) / 2.0, prep), _to_pixels((new_h - height) / 2.0, prep)
 
 
 def describe_resize(prep: dict[str, Any]) -> str:
@@ -127,7 +150,8 @@ def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
     """
     from PIL import Image
 
-    resized_size(prep, 1, 1)  # a resize mode this code does not know is refused before the image is read
+    resized_size(prep, 1, 1)  # a resize mode or rounding this code does not know is refused before the image is read
+    rounding(prep)
     if isinstance(image, (str, Path)):
         try:
             pil = Image.open(image)
@@ -141,7 +165,7 @@ def preprocess_image(image: Any, prep: dict[str, Any]) -> np.ndarray:
     new_w, new_h = resized_size(prep, *pil.size)
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[prep["interpolation"]]
     pil = pil.resize((new_w, new_h), resample)
-    left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
+    left, top = crop_origin(prep, new_w, new_h)
     pil = pil.crop((left, top, left + width, top + height))
     arr = np.asarray(pil, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)

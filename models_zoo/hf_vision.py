@@ -28,12 +28,13 @@ alike), exactly:
   = h/H, which must also give w/W: a crop that is another fraction of each side is refused).
 - `rescale_factor` f and `image_mean`/`image_std` (m, s) fold into the zoo's mean/std: (x*f - m)/s equals
   (x/255 - m/(255 f)) / (s/(255 f)); no `do_normalize` is m=0, s=1; no `do_rescale` is f=1.
+- transformers truncates where the zoo rounds (the short-side resize's long side, the crop's offset): `rounding`
+  "floor" makes the shared preprocessing do the same, so the tensor is the folder's processor's, pixel for pixel.
 - `do_flip_channel_order` (MobileViT: the model was trained on BGR) is done inside the exported graph, first
   thing: every runtime is fed RGB as for every other zoo model, and the network still sees BGR.
 
 Anything else it cannot honour (`do_resize` false, a resampling filter other than bilinear/bicubic, a crop larger
-than the resize, `do_pad`, a crop that does not match the model's `image_size`, a stretch whose centre crop
-transformers would place a pixel off the zoo's) is refused with a UsageError naming the field, before any work.
+than the resize, `do_pad`, a crop that does not match the model's `image_size`) is refused with a UsageError naming the field, before any work.
 """
 from __future__ import annotations
 
@@ -289,12 +290,6 @@ def folder_preprocessing(path: Path, image_size) -> tuple[dict[str, Any], bool]:
         if crop_pct is None:
             raise refuse("crop_size", f"{crop_hw[0]}x{crop_hw[1]} is not the same fraction of both sides of the "
                                       f"{resized[0]}x{resized[1]} stretch")
-        # transformers places the crop at floor(margin / 2), the zoo at round-half-even(margin / 2): they differ
-        # by a pixel where the margin is 3 mod 4.
-        for axis, (c, r) in zip(("height", "width"), zip(crop_hw, resized)):
-            if round((r - c) / 2) != (r - c) // 2:
-                raise refuse("crop_size", f"{crop_hw} leaves an odd margin of {r - c} on the {axis} of the "
-                                          f"{resized[0]}x{resized[1]} stretch (the centre crop would be a pixel off)")
         resize = {"resize": "stretch"}
     else:
         raise refuse("size", f"is {size} (expected shortest_edge, or height and width)")
@@ -316,5 +311,5 @@ def folder_preprocessing(path: Path, image_size) -> tuple[dict[str, Any], bool]:
     if not math.isclose(scale, 1.0, rel_tol=1e-9):
         mean, std = [m / scale for m in mean], [s / scale for s in std]
     prep = {"size": [crop_hw[0], crop_hw[1]], "crop_pct": crop_pct, "interpolation": RESAMPLE[resample],
-            "mean": mean, "std": std, **resize}
+            "mean": mean, "std": std, **resize, "rounding": "floor"}  # transformers' int() and // 2
     return prep, bool(getattr(proc, "do_flip_channel_order", False))

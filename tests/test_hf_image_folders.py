@@ -165,7 +165,7 @@ def test_embedding_folders_export_verify_and_run(folders, tmp_path, capsys):
 
 
 def test_what_the_shared_preprocessing_cannot_honour_is_refused(folders, tmp_path):
-    from models_zoo.data import describe_resize, photo_paths, preprocess_image
+    from models_zoo.data import crop_origin, describe_resize, photo_paths, preprocess_image
 
     root, _ = folders
 
@@ -180,10 +180,14 @@ def test_what_the_shared_preprocessing_cannot_honour_is_refused(folders, tmp_pat
     folder = with_processor("mvit-enc", size={"height": 72, "width": 96}, crop_size={"height": 64, "width": 64})
     with pytest.raises(UsageError, match=r"crop_size 64x64 is not the same fraction of both sides of the 72x96"):
         get_model(str(folder))
-    # A margin transformers splits a pixel off the zoo's centre crop (floor vs round-half-even of 3/2).
-    folder = with_processor("mvit-enc", size={"height": 67, "width": 67}, crop_size={"height": 64, "width": 64})
-    with pytest.raises(UsageError, match=r"odd margin of 3 on the height"):
-        get_model(str(folder))
+    # A margin of 3 pixels: transformers puts the crop at 3 // 2 = 1 where the zoo's rounding puts it at 2; the
+    # folder's block says "floor", so the crop is the processor's.
+    prep = get_model(str(with_processor("mvit-enc", size={"height": 67, "width": 67},
+                                        crop_size={"height": 64, "width": 64}))).preprocessing()
+    assert prep["rounding"] == "floor" and crop_origin(prep, 67, 67) == (1, 1)
+    assert crop_origin({**prep, "rounding": "round"}, 67, 67) == (2, 2)
+    with pytest.raises(UsageError, match="rounding 'ceil' is not one of round, floor"):
+        preprocess_image(photo_paths()[0], {**prep, "rounding": "ceil"})
     # A stretch to another size than the model's grid.
     folder = with_processor("vit-enc", size={"height": 48, "width": 48})
     with pytest.raises(UsageError, match=r"size gives 48x48 images; the model takes 32x32"):
@@ -199,7 +203,7 @@ def test_what_the_shared_preprocessing_cannot_honour_is_refused(folders, tmp_pat
 
 
 def test_the_android_core_stretches_as_the_sdk(tmp_path):
-    """android_demo's ImagePreprocessor on stretch blocks vs models_zoo.data on real photos (ImageParityTest with
+    """android_demo's ImagePreprocessor on stretch and floor-rounding blocks vs models_zoo.data on real photos (ImageParityTest with
     fixtures of stretch cases), and the mode's unit tests (ImageResizeModeTest)."""
     from PIL import Image
     from test_android_core import compiled_core, run_junit
@@ -222,6 +226,10 @@ def test_the_android_core_stretches_as_the_sdk(tmp_path):
              {**base, "size": [24, 40], "crop_pct": 1.0},  # a non-square stretch
              {**base, "size": [224, 224], "crop_pct": 0.875, "interpolation": "bicubic",  # DeiT: 256, crop 224
               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
+    # A Hugging Face MobileViT folder's block: the short side, transformers' truncation ("floor") of the long side
+    # and of the crop offset.
+    preps.append({"kind": "image", "size": [64, 64], "crop_pct": 64 / 72, "interpolation": "bicubic",
+                  "mean": [0.0] * 3, "std": [1.0] * 3, "rounding": "floor"})
     cases = []
     for p, prep in enumerate(preps):
         for photo in pngs + ([small] if p == 0 else []):
@@ -233,7 +241,7 @@ def test_the_android_core_stretches_as_the_sdk(tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode == 0 and "OK (3 tests)" in text, text[-4000:]
     got = json.loads((out / "images.json").read_text())["cases"]
-    assert len(got) == len(cases) == 10
+    assert len(got) == len(cases) == 13
     # Pillow's resampling re-implemented: the same bytes but for float rounding of the normalisation.
     assert max(c["max_abs_diff"] for c in got) <= 1 / 255 / 0.225, got
     assert min(c["exact_fraction"] for c in got) > 0.5, got

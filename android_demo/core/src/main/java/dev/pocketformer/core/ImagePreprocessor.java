@@ -192,6 +192,22 @@ public final class ImagePreprocessor {
         throw new IllegalArgumentException("image preprocessing resize " + mode + " is not one of short-side, stretch (a newer export than this app?)");
     }
 
+    /**
+     * The block's rounding (models_zoo.data.ROUNDINGS): "round" (the key absent) rounds the short-side resize's long
+     * side and the crop offsets as Python's round(); "floor" (a Hugging Face folder's processor) truncates both.
+     * Any other value is refused.
+     */
+    public static boolean floors(Map<String, Object> prep) {
+        Object mode = prep.get("rounding");
+        if (mode == null || "round".equals(mode)) return false;
+        if ("floor".equals(mode)) return true;
+        throw new IllegalArgumentException("image preprocessing rounding " + mode + " is not one of round, floor (a newer export than this app?)");
+    }
+
+    private static int toPixels(double v, boolean floor) {
+        return floor ? (int) Math.floor(v) : pyRound(v);
+    }
+
     /** The model's input tensor [1, 3, H, W] from an RGB image and the bundle's image preprocessing block. */
     public static Tensor preprocess(Rgb image, Map<String, Object> prep) {
         List<Object> size = Json.list(prep, "size");
@@ -202,6 +218,7 @@ public final class ImagePreprocessor {
         }
         int height = ((Number) size.get(0)).intValue(), width = ((Number) size.get(1)).intValue();
         int w = image.width, h = image.height, newW, newH;
+        boolean floor = floors(prep);
         if (stretches(prep)) {
             // both sides to their own size / crop_pct, the aspect ratio not kept (a ViT processor's size {height, width})
             newW = (int) Math.floor(width / cropPct);
@@ -210,15 +227,15 @@ public final class ImagePreprocessor {
             int scaleSize = (int) Math.floor(Math.min(height, width) / cropPct);
             if (w < h) {
                 newW = scaleSize;
-                newH = pyRound(scaleSize * (double) h / w);
+                newH = toPixels(scaleSize * (double) h / w, floor);
             } else {
-                newW = pyRound(scaleSize * (double) w / h);
+                newW = toPixels(scaleSize * (double) w / h, floor);
                 newH = scaleSize;
             }
         }
         String interpolation = Json.str(prep, "interpolation");
         Rgb resized = resize(image, newW, newH, interpolation == null ? "bicubic" : interpolation);
-        int left = pyRound((newW - width) / 2.0), top = pyRound((newH - height) / 2.0);
+        int left = toPixels((newW - width) / 2.0, floor), top = toPixels((newH - height) / 2.0, floor);
         float[] m = new float[3], s = new float[3];
         for (int c = 0; c < 3; c++) {
             m[c] = ((Number) mean.get(c)).floatValue();
