@@ -315,17 +315,21 @@ def verify_end_to_end(root: Path, model, samples: list[dict], tolerance: dict[st
 
 
 def region_agreement(refs: list[dict], actual: list[dict]) -> dict[str, Any]:
-    """How many of the reference's regions the pipeline found: a region agrees when the pipeline's mask has it in
-    the same slot with a box within 0.01 of the image (normalised). Boxes compared where both masks are set."""
+    """How many of the reference's regions the pipeline found: a region agrees when the pipeline kept a box within
+    0.01 of it (normalised), in any slot. Compared as sets, because the slot order of proposals whose scores tie to
+    within float rounding is not a difference (the fusion transformer has no region positions: its outputs do not
+    depend on that order; measured at full size with random weights, fp32 rounding reordered 12 % of the slots while
+    the fused outputs stayed within 9e-5). `max_box_err`: the farthest reference box from its nearest kept box."""
     agree, total, box_err = 0, 0, 0.0
     for r, a in zip(refs, actual):
         rm, am = r["region_mask"][0].astype(bool), np.asarray(a["region_mask"][0]).astype(bool)
-        both = rm & am
-        diff = np.abs(r["region_boxes"][0][both] - a["region_boxes"][0][both])
-        box_err = max(box_err, float(diff.max()) if diff.size else 0.0)
-        close = np.zeros_like(rm)
-        close[both] = (diff.max(axis=1) <= 0.01) if diff.size else False
-        agree += int((close & rm).sum())
+        ref_boxes, got_boxes = r["region_boxes"][0][rm], np.asarray(a["region_boxes"][0])[am]
+        if len(ref_boxes) and len(got_boxes):
+            nearest = np.abs(ref_boxes[:, None, :] - got_boxes[None, :, :]).max(axis=2).min(axis=1)
+            box_err = max(box_err, float(nearest.max()))
+            agree += int((nearest <= 0.01).sum())
+        elif len(ref_boxes):
+            box_err = float("inf")
         total += int(max(rm.sum(), am.sum()))
     return {"agreement": agree / total if total else 1.0, "regions": total, "max_box_err": box_err,
             "masks_equal": int(sum(np.array_equal(r["region_mask"], a["region_mask"]) for r, a in zip(refs, actual)))}
