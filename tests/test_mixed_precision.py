@@ -156,6 +156,30 @@ def test_mixed_export_keeps_slow_units_float_records_why_and_verifies(tmp_path):
     assert entry["options"]["mixed_plan"] == str(plan_path)
 
 
+def test_a_mixed_graph_the_converter_refuses_ships_float_and_says_why(tmp_path, monkeypatch):
+    """Measured on full-size Mobile-Former: litert-torch's layout pass refused the graph quantized in parts
+    ("non-NHWC compatible node ... dequantize"). The export must not fail where fp32 converts: every unit stays
+    float, each saying why, and the artifact is still verified."""
+    from sdk import export
+
+    def refuse(members):
+        raise AssertionError("Attempting to convert non-NHWC compatible node to NHWC: dequantize_per_tensor_7")
+
+    monkeypatch.setattr("converters.mixed.pt2e.unit_quantizer", refuse)
+    _, units = _units()
+    plan_path = tmp_path / "plan.json"
+    rows = _plan_file(plan_path, units)
+    (result,) = export(MODEL, "tflite", "mixed", out_dir=tmp_path / "out", tiny=True, mixed_plan=str(plan_path))
+    mixed = result.details["mixed"]
+    assert result.passed and result.precision == "mixed" and mixed["int8_units"] == []
+    paid = {r["name"] for r in rows if r["int8_ms"] < r["fp32_ms"]}
+    reasons = {f["name"]: f["reason"] for f in mixed["float_units"]}
+    assert set(reasons) == {u.name for u in units}
+    assert all("could not be converted" in reasons[n] and "non-NHWC" in reasons[n] for n in paid)
+    assert "non-NHWC" in mixed["plan"]["whole"]["mixed_error"]
+    assert result.details["op_histogram"].get("QUANTIZE", 0) == 0  # a float graph, verified as one
+
+
 @pytest.mark.slow
 def test_measured_plan_is_written_and_never_slower_than_fp32_or_int8(tmp_path):
     """The real path: every unit timed alone on LiteRT (one process each), then fp32, uniform int8 and mixed

@@ -58,6 +58,10 @@ def timer_isolated(paths: list[str], feeds: list[dict], threads: int | None) -> 
     return [float(r["latency"]["p50"]) for r in bench["results"]]
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else ""
+
+
 def _sqnr(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:
     ref = np.concatenate([r.ravel() for r in reference]).astype(np.float64)
     err = ref - np.concatenate([a.ravel() for a in actual]).astype(np.float64)
@@ -161,8 +165,7 @@ def mixed_precision(module, spec, calibration: list[dict], toolchain: Toolchain,
                         path.write_bytes(content)
                         to_time.append((unit.name, kind, {"path": str(path), "feed": feeds[0]}))
             except Exception as exc:  # this unit cannot be measured alone: it stays float, and the plan says why
-                row.update(measurable=False, reason=f"not measurable alone: {type(exc).__name__}: "
-                                                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                row.update(measurable=False, reason=f"not measurable alone: {type(exc).__name__}: {_first_line(exc)}")
         if to_time:
             say(f"mixed: timing {len(to_time)} partial graphs, each in its own process, {threads} threads")
             times = timer([t[2]["path"] for t in to_time], [t[2]["feed"] for t in to_time], threads)
@@ -178,17 +181,32 @@ def mixed_precision(module, spec, calibration: list[dict], toolchain: Toolchain,
             row["int8"], row["reason"] = plans.choose(row, floor)
     plan["units"] = rows
     chosen = [m for r in rows if r["int8"] for m in r["members"]]
-    whole = dict((given or {}).get("whole") or {})
 
     candidates: dict[str, tuple[Any, bytes]] = {}
+    whole = dict((given or {}).get("whole") or {})
     say(f"mixed: {sum(r['int8'] for r in rows)} of {len(rows)} units in int8; converting the whole model")
-    candidates["mixed"] = (toolchain.int8_graph(module, spec, calibration, chosen) if chosen
-                           else (None, toolchain.float_graph(module, spec, calibration)))
+    try:
+        candidates["mixed"] = (toolchain.int8_graph(module, spec, calibration, chosen) if chosen
+                               else (None, toolchain.float_graph(module, spec, calibration)))
+    except Exception as exc:
+        # A converter may refuse a graph quantized in parts that it takes whole or not at all (litert-torch's
+        # layout pass on Mobile-Former: "non-NHWC compatible node ... dequantize" at a unit's boundary). Mixed
+        # must never fail where fp32 converts: the chosen units stay float, and the plan says why.
+        reason = f"the mixed graph could not be converted: {type(exc).__name__}: {_first_line(exc)}"
+        say(f"mixed: {reason}; every unit stays float")
+        for row in rows:
+            if row["int8"]:
+                row["int8"], row["reason"] = False, f"{reason} (alone: {row['reason']})"
+        whole["mixed_error"], chosen = reason, []
+        candidates["mixed"] = (None, toolchain.float_graph(module, spec, calibration))
     if whole.get("choice") is None and measured:
         # The whole-model check: the partial graphs' savings need not add up (boundaries shared between two int8
         # units cost once, not twice), so the three candidates are timed whole before one ships.
         candidates["fp32"] = (None, toolchain.float_graph(module, spec, calibration))
-        candidates["int8"] = toolchain.int8_graph(module, spec, calibration, None)
+        try:
+            candidates["int8"] = toolchain.int8_graph(module, spec, calibration, None)
+        except Exception as exc:  # uniform int8 that cannot convert is no candidate; fp32 and mixed still are
+            whole["int8_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
         with tempfile.TemporaryDirectory(prefix="pf-mixed-") as folder:
             paths = []
             for kind, (_, content) in candidates.items():
