@@ -95,12 +95,17 @@ RESIZE_MODES = ("short-side", "stretch")
 ROUNDINGS = ("round", "floor")
 
 
-def rounding(prep: dict[str, Any]) -> str:
-    mode = prep.get("rounding", "round")
-    if mode not in ROUNDINGS:
-        raise UsageError(f"image preprocessing rounding {mode!r} is not one of {', '.join(ROUNDINGS)} (a newer "
+def _block_choice(prep: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    """The block's `key`, one of `allowed` (absent: the first, what every block meant before the key existed)."""
+    value = prep.get(key, allowed[0])
+    if value not in allowed:
+        raise UsageError(f"image preprocessing {key} {value!r} is not one of {', '.join(allowed)} (a newer "
                          "export than this runtime?)")
-    return mode
+    return value
+
+
+def rounding(prep: dict[str, Any]) -> str:
+    return _block_choice(prep, "rounding", ROUNDINGS)
 
 
 def _to_pixels(value: float, prep: dict[str, Any]) -> int:
@@ -108,11 +113,7 @@ def _to_pixels(value: float, prep: dict[str, Any]) -> int:
 
 
 def resize_mode(prep: dict[str, Any]) -> str:
-    mode = prep.get("resize", "short-side")
-    if mode not in RESIZE_MODES:
-        raise UsageError(f"image preprocessing resize {mode!r} is not one of {', '.join(RESIZE_MODES)} (a newer "
-                         "export than this runtime?)")
-    return mode
+    return _block_choice(prep, "resize", RESIZE_MODES)
 
 
 def resized_size(prep: dict[str, Any], width: int, height: int) -> tuple[int, int]:
