@@ -144,3 +144,24 @@ def sshd(tmp_path_factory):
     with loopback_sshd(tmp_path_factory.mktemp("sshd")) as ssh:
         yield {"port": ssh.port, "user": ssh.user, "key": ssh.key, "stranger": ssh.stranger,
                "known_hosts": ssh.known_hosts, "empty_known_hosts": ssh.empty_known_hosts, "dir": ssh.dir}
+
+
+# -- tiny Hugging Face folders (tests/test_user_models.py, tests/test_hf_image_folders.py) --------------------
+def save_hf_folders(root: Path, made: dict) -> tuple[Path, dict]:
+    """Save each {name: (model, processor)} as a folder under `root` with `save_pretrained`, after an explicit
+    init: transformers v5 models built from a bare config can give ~1e-40 outputs (DESIGN §2), and small normal
+    weights (std 0.1-0.3) left a tiny MobileViT's outputs the same for every photo (the input fades stage by
+    stage). He init with unit norms and zero biases keeps them: outputs differ photo to photo. Returns (root,
+    {name: model})."""
+    import torch
+
+    torch.manual_seed(0)
+    for name, (model, processor) in made.items():
+        for p_name, p in model.named_parameters():
+            if p.dim() > 1:
+                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
+            else:
+                torch.nn.init.ones_(p) if p_name.endswith("weight") else torch.nn.init.zeros_(p)
+        model.eval().save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+    return root, {name: model for name, (model, _) in made.items()}

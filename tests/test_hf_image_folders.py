@@ -17,6 +17,7 @@ import pytest
 
 from device_runtime.errors import UsageError
 from models_zoo import get_model
+from conftest import save_hf_folders
 
 VIT_DIMS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -26,7 +27,6 @@ IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225
 def folders(tmp_path_factory):
     """Tiny bare encoders (ViT without and with its pooler, a non-square ViT, DeiT stretched then cropped,
     MobileViT), saved with their processors; also the models themselves, to compare outputs with."""
-    import torch
     from transformers import (DeiTConfig, DeiTImageProcessor, DeiTModel, MobileViTConfig, MobileViTImageProcessor,
                               MobileViTModel, ViTConfig, ViTImageProcessor, ViTModel)
 
@@ -45,18 +45,7 @@ def folders(tmp_path_factory):
                                                     hidden_sizes=[16, 24, 32], num_attention_heads=2)),
                      MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})),
     }
-    torch.manual_seed(0)
-    for name, (model, processor) in made.items():
-        # He init with unit norms and zero biases (as tests/test_user_models.py's image folders): transformers'
-        # own init of these tiny configs gives embeddings that barely change from photo to photo.
-        for p_name, p in model.named_parameters():
-            if p.dim() > 1:
-                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
-            else:
-                torch.nn.init.ones_(p) if p_name.endswith("weight") else torch.nn.init.zeros_(p)
-        model.eval().save_pretrained(root / name)
-        processor.save_pretrained(root / name)
-    return root, {name: model for name, (model, _) in made.items()}
+    return save_hf_folders(root, made)  # transformers' own init of these tiny configs barely varies by photo
 
 
 def _theirs(model, pixels: np.ndarray, pooling: str):

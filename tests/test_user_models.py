@@ -19,6 +19,7 @@ import pytest
 from device_runtime.errors import UsageError
 from models_zoo import WeightsError, get_model
 from sdk.cli.app import EXIT_OK, main
+from conftest import save_hf_folders
 
 LABELS = {0: "sad", 1: "neutral", 2: "happy"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +250,6 @@ PHOTO_LABELS = {0: "cat", 1: "cup", 2: "rocket"}
 def image_folders(tmp_path_factory):
     """Tiny MobileViT, ViT and DeiT (with teacher) classifiers, saved with save_pretrained beside the image
     processor each would be used with; also the models themselves, to check the folder loads their weights."""
-    import torch
     from transformers import (DeiTConfig, DeiTForImageClassificationWithTeacher, DeiTImageProcessor,
                               MobileViTConfig, MobileViTForImageClassification, MobileViTImageProcessor, ViTConfig,
                               ViTForImageClassification, ViTImageProcessor)
@@ -269,19 +269,7 @@ def image_folders(tmp_path_factory):
                         DeiTImageProcessor(size={"height": 72, "width": 72}, crop_size={"height": 64, "width": 64},
                                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])),
     }
-    torch.manual_seed(0)
-    for name, (model, processor) in made.items():
-        # Explicit init: transformers v5 models built from a bare config can give ~1e-40 outputs (DESIGN §2), and
-        # small normal weights (std 0.1-0.3) left the tiny MobileViT's logits the same for every photo (the input
-        # fades stage by stage). He init with unit norms and zero biases keeps it: logits differ photo to photo.
-        for p_name, p in model.named_parameters():
-            if p.dim() > 1:
-                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
-            else:
-                torch.nn.init.ones_(p) if p_name.endswith("weight") else torch.nn.init.zeros_(p)
-        model.eval().save_pretrained(root / name)
-        processor.save_pretrained(root / name)
-    return root, {name: model for name, (model, _) in made.items()}
+    return save_hf_folders(root, made)
 
 
 def test_hugging_face_image_folders_are_read_with_their_own_preprocessing(image_folders):
